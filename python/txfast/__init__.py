@@ -1,0 +1,1 @@
+from txfast._core import __version__

@@ -1,0 +1,1 @@
+//! JSON event decoding and validation straight into columns.
