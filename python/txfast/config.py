@@ -1,0 +1,254 @@
+"""Settings: one frozen object, loaded from TOML plus a documented whitelist of variables.
+
+Precedence (highest first): explicit overrides passed by the CLI, ``TXFAST_*`` environment
+variables (see :data:`ENV_VARS`), the TOML file, the defaults below. Nothing is read at import
+time; the settings object is passed into every constructor.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from txfast.exceptions import ConfigError
+
+__all__ = [
+    "DEFAULT_RATES",
+    "ENV_VARS",
+    "DecoderSettings",
+    "FeatureSettings",
+    "PipelineSettings",
+    "RiskSettings",
+    "Rule",
+    "Settings",
+    "load_settings",
+    "parse_duration_ms",
+]
+
+DEFAULT_RATES: dict[str, float] = {
+    "EUR": 1.0,
+    "USD": 0.92,
+    "GBP": 1.17,
+    "CHF": 1.05,
+    "SEK": 0.088,
+    "NOK": 0.086,
+    "DKK": 0.134,
+    "PLN": 0.23,
+    "CZK": 0.04,
+    "JPY": 0.0061,
+    "CAD": 0.68,
+    "AUD": 0.61,
+}
+"""Illustrative rates to EUR; production deployments configure their own table."""
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(value: str | int) -> int:
+    """Parse ``"30d"``, ``"1h"``, ``"500ms"`` (or an int of milliseconds) into milliseconds."""
+    if isinstance(value, int):
+        if value <= 0:
+            raise ConfigError(f"duration must be positive, got {value}")
+        return value
+    m = _DURATION.match(value)
+    if m is None:
+        raise ConfigError(f"invalid duration {value!r}; use e.g. 500ms, 30s, 1m, 1h or 7d")
+    return int(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+class DecoderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Validation and normalisation of incoming events."""
+
+    base_currency: str = "EUR"
+    rates: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_RATES))
+    max_event_bytes: int = 1_048_576
+    max_amount: float = 1e9
+
+
+class FeatureSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Windows of the native feature engine (see docs/features.md)."""
+
+    card_windows: list[str] = msgspec.field(
+        default_factory=lambda: ["1m", "1h", "24h", "7d", "30d"]
+    )
+    merchant_windows: list[str] = msgspec.field(default_factory=lambda: ["24h", "7d"])
+    user_windows: list[str] = msgspec.field(default_factory=lambda: ["24h"])
+    allowed_lateness: str = "1h"
+    idle_ttl: str | None = None
+    shards: int = 64
+    threads: int | None = None
+
+
+class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Micro-batching and what is stored."""
+
+    batch_size: int = 8192
+    linger_ms: int = 50
+    history: str = "all"  # all | alerts | none
+    store_features: str = "alerts"  # alerts | none
+
+
+class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One business rule: every condition given must hold; then the rule's effects apply.
+
+    Conditions: ``anomalous`` (score ≥ threshold), ``score_gte``/``score_lt``,
+    ``amount_gte``/``amount_lt`` (base currency), ``risk_in`` (levels before rules),
+    ``channel_in``, ``category_in``, ``country_in``, ``features_gte``/``features_lt`` (feature
+    name → value). Effects: ``risk`` (sets the level) and/or ``action``.
+    """
+
+    name: str
+    anomalous: bool | None = None
+    score_gte: float | None = None
+    score_lt: float | None = None
+    amount_gte: float | None = None
+    amount_lt: float | None = None
+    risk_in: list[str] | None = None
+    channel_in: list[str] | None = None
+    category_in: list[str] | None = None
+    country_in: list[str] | None = None
+    features_gte: dict[str, float] | None = None
+    features_lt: dict[str, float] | None = None
+    risk: str | None = None
+    action: str | None = None
+
+
+def _default_rules() -> list[Rule]:
+    return [
+        Rule(
+            name="critical_high_value",
+            anomalous=True,
+            amount_gte=5000.0,
+            risk="CRITICAL",
+            action="block",
+        ),
+        Rule(name="auto_approve_small", amount_lt=10.0, risk_in=["LOW"], action="approve"),
+        Rule(
+            name="review_risky_category",
+            risk_in=["MEDIUM", "HIGH"],
+            category_in=["4829", "6051", "5815", "5816", "5817", "5818", "5944", "5732"],
+            action="review",
+        ),
+        Rule(
+            name="review_impossible_travel",
+            features_gte={"card_kmh_from_prev": 1000.0},
+            channel_in=["pos", "atm"],
+            action="review",
+        ),
+    ]
+
+
+class RiskSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Score bands (calibrated score ≥ band → level) and default action per level."""
+
+    medium: float = 0.95
+    high: float = 0.99
+    critical: float = 0.999
+    threshold: float | None = None  # None: the model's threshold
+    actions: dict[str, str] = msgspec.field(
+        default_factory=lambda: {
+            "LOW": "approve",
+            "MEDIUM": "approve",
+            "HIGH": "alert",
+            "CRITICAL": "alert",
+        }
+    )
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """All txfast settings. Build with :func:`load_settings`."""
+
+    store: str = "duckdb:var/txfast.duckdb"
+    registry: str = "var/registry"
+    model_name: str = "default"
+    decoder: DecoderSettings = msgspec.field(default_factory=DecoderSettings)
+    features: FeatureSettings = msgspec.field(default_factory=FeatureSettings)
+    pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
+    risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
+    rules: list[Rule] = msgspec.field(default_factory=_default_rules)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with top-level fields replaced."""
+        return msgspec.structs.replace(self, **changes)
+
+
+ENV_VARS: dict[str, str] = {
+    "TXFAST_CONFIG": "path of the TOML settings file",
+    "TXFAST_STORE": "store URL (`duckdb:PATH`)",
+    "TXFAST_REGISTRY": "model registry directory",
+    "TXFAST_MODEL_NAME": "model name in the registry",
+    "TXFAST_BATCH_SIZE": "micro-batch size",
+}
+"""The environment variables txfast reads, and nothing else."""
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load settings from TOML, the ``TXFAST_*`` whitelist and explicit overrides.
+
+    Args:
+        path: TOML file; defaults to ``$TXFAST_CONFIG`` when set, else built-in defaults.
+        env: Environment to read (``os.environ`` when omitted).
+        overrides: Top-level fields to set last (``None`` values are ignored).
+
+    Raises:
+        ConfigError: On unreadable files, unknown keys or values of the wrong type.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get("TXFAST_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = msgspec.toml.decode(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"settings file {path} does not exist") from None
+        except msgspec.DecodeError as e:
+            raise ConfigError(f"settings file {path} is not valid TOML: {e}") from e
+    for var, key in (
+        ("TXFAST_STORE", "store"),
+        ("TXFAST_REGISTRY", "registry"),
+        ("TXFAST_MODEL_NAME", "model_name"),
+    ):
+        if env.get(var):
+            data[key] = env[var]
+    if env.get("TXFAST_BATCH_SIZE"):
+        try:
+            batch = int(env["TXFAST_BATCH_SIZE"])
+        except ValueError:
+            raise ConfigError("TXFAST_BATCH_SIZE must be an integer") from None
+        data.setdefault("pipeline", {})["batch_size"] = batch
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        settings = msgspec.convert(data, Settings)
+    except msgspec.ValidationError as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid settings{where}: {e}") from e
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if s.pipeline.batch_size <= 0:
+        raise ConfigError("pipeline.batch_size must be positive")
+    if s.pipeline.history not in ("all", "alerts", "none"):
+        raise ConfigError("pipeline.history must be one of all, alerts, none")
+    if s.pipeline.store_features not in ("alerts", "none"):
+        raise ConfigError("pipeline.store_features must be alerts or none")
+    r = s.risk
+    if not 0.0 <= r.medium <= r.high <= r.critical <= 1.0:
+        raise ConfigError("risk bands must satisfy 0 <= medium <= high <= critical <= 1")
+    for w in (*s.features.card_windows, *s.features.merchant_windows, *s.features.user_windows):
+        parse_duration_ms(w)
+    parse_duration_ms(s.features.allowed_lateness)

@@ -1,0 +1,25 @@
+"""Exceptions raised by txfast.
+
+Every error derives from :class:`TxfastError`. Errors raised by the native core are created
+there under this module's path and re-exported here, so ``except txfast.exceptions.X`` works
+whichever layer raised it.
+"""
+
+from txfast._core import ConfigError, InputError, SnapshotError, TxfastError
+
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "ModelMismatchError",
+    "SnapshotError",
+    "StoreError",
+    "TxfastError",
+]
+
+
+class StoreError(TxfastError):
+    """The alert store cannot be opened or written."""
+
+
+class ModelMismatchError(TxfastError, ValueError):
+    """A model was trained on other features than the ones the scorer computes."""

@@ -1,0 +1,286 @@
+"""The scoring pipeline: decode → features → score → rules → store, one batch at a time.
+
+Every stage takes and returns whole columns; the batch is the unit of durability (its store
+write is one transaction). No stage loops over transactions in Python.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+import pyarrow as pa
+
+from txfast.config import Settings, parse_duration_ms
+from txfast.decode import DecodedBatch, Decoder
+from txfast.features import FeatureEngine
+from txfast.rules import LEVELS, Decisions, RuleEngine
+from txfast.scoring import Scorer
+from txfast.sources import SourceBatch
+from txfast.store import ScoredBatch, Store, open_store
+
+__all__ = ["BatchResult", "Pipeline", "RunSummary", "build_engine", "build_decoder"]
+
+
+def build_engine(settings: Settings) -> FeatureEngine:
+    """A feature engine with the configured windows."""
+    f = settings.features
+    return FeatureEngine(
+        card_windows_ms=[parse_duration_ms(w) for w in f.card_windows],
+        merchant_windows_ms=[parse_duration_ms(w) for w in f.merchant_windows],
+        user_windows_ms=[parse_duration_ms(w) for w in f.user_windows],
+        allowed_lateness_ms=parse_duration_ms(f.allowed_lateness),
+        idle_ttl_ms=parse_duration_ms(f.idle_ttl) if f.idle_ttl else None,
+        shards=f.shards,
+        threads=f.threads,
+    )
+
+
+def build_decoder(settings: Settings) -> Decoder:
+    """A decoder with the configured rates table and limits."""
+    d = settings.decoder
+    return Decoder(
+        d.rates,
+        base_currency=d.base_currency,
+        max_event_bytes=d.max_event_bytes,
+        max_amount=d.max_amount,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one batch produced (kept for callers that want the columns, e.g. tests)."""
+
+    decoded: DecodedBatch
+    features: np.ndarray
+    scores: np.ndarray
+    decisions: Decisions
+    stored: ScoredBatch
+
+
+@dataclass
+class RunSummary:
+    """Counters of a run, printed by ``txfast run --json``."""
+
+    events: int = 0
+    scored: int = 0
+    rejected: int = 0
+    alerts: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    by_risk: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    model_version: str = ""
+    store: str = ""
+
+    @property
+    def tx_per_s(self) -> float:
+        """Events per second over the run."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "events": self.events,
+            "scored": self.scored,
+            "rejected": self.rejected,
+            "alerts": self.alerts,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+            "tx_per_s": round(self.tx_per_s, 1),
+            "by_risk": self.by_risk,
+            "rejected_by_reason": self.rejected_by_reason,
+            "model_version": self.model_version,
+            "store": self.store,
+        }
+
+
+class Pipeline:
+    """Scores batches and writes them to the store.
+
+    Args:
+        settings: The settings (windows, rates, rules, what to store).
+        store: Where results go.
+        scorer: The champion model.
+        engine: Feature state; a fresh one from ``settings`` when omitted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        scorer: Scorer,
+        engine: FeatureEngine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.scorer = scorer
+        self.engine = engine or build_engine(settings)
+        self.decoder = build_decoder(settings)
+        self.feature_names = list(self.engine.feature_names)
+        self.rules = RuleEngine(settings.risk, settings.rules, self.feature_names)
+        self.summary = RunSummary(model_version=scorer.model_version, store=store.url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        """Open the store and load the champion model named in ``settings``."""
+        engine = build_engine(settings)
+        scorer = Scorer.from_registry(
+            settings.registry,
+            settings.model_name,
+            feature_names=list(engine.feature_names),
+            feature_version=engine.feature_version,
+        )
+        return cls(settings, store=open_store(settings.store), scorer=scorer, engine=engine)
+
+    def process(self, batch: SourceBatch, source: str) -> BatchResult:
+        """Decode, featurise, score, decide and store one batch (durable on return)."""
+        decoded = batch.decode(self.decoder)
+        if batch.position:
+            rejected = [
+                type(r)(r.index + batch.position, r.reason, r.message, r.payload)
+                for r in decoded.rejected
+            ]
+        else:
+            rejected = decoded.rejected
+        c = decoded.columns
+        n = len(decoded)
+        if n:
+            features = self.engine.process(**decoded.feature_inputs())
+            scores = self.scorer.score(features)
+        else:
+            features = np.zeros((0, len(self.feature_names)), dtype=np.float32)
+            scores = np.zeros(0, dtype=np.float32)
+        decisions = self.rules.apply(
+            scores,
+            self.scorer.threshold,
+            c["amount_base"],
+            features,
+            channel=c["channel"],
+            category=c["merchant_category"],
+            country=c["country_code"],
+        )
+        stored = self._tables(decoded, features, scores, decisions, rejected, source)
+        self.store.write_batch(stored, history=self.settings.pipeline.history)
+        self._count(decoded, decisions, rejected)
+        return BatchResult(decoded, features, scores, decisions, stored)
+
+    def _tables(
+        self,
+        decoded: DecodedBatch,
+        features: np.ndarray,
+        scores: np.ndarray,
+        d: Decisions,
+        rejected: list,
+        source: str,
+    ) -> ScoredBatch:
+        c = decoded.columns
+        n = len(decoded)
+        now = pa.scalar(int(time.time() * 1000), type=pa.timestamp("ms"))
+        label = c["label"]
+        common = {
+            "transaction_id": c["transaction_id"],
+            "ts": pa.array(c["ts_ms"], type=pa.int64()).cast(pa.timestamp("ms")),
+            "card_id": c["card_id"],
+            "user_id": c["user_id"],
+            "merchant_id": c["merchant_id"],
+            "merchant_category": c["merchant_category"],
+            "country": c["country_code"],
+            "channel": c["channel_name"],
+            "amount": pa.array(c["amount"]),
+            "currency": c["currency"],
+            "amount_base": pa.array(c["amount_base"]),
+            "score": pa.array(scores, type=pa.float32()),
+            "is_anomaly": pa.array(d.is_anomaly),
+            "risk_level": d.level_names(),
+            "action": d.action_names(),
+            "model_version": pa.repeat(pa.scalar(self.scorer.model_version), n),
+        }
+        tx = pa.table(
+            {
+                **common,
+                "label": pa.array(label, mask=label < 0, type=pa.int8()),
+                "scored_at": pa.array(np.full(n, now.value, dtype=np.int64)).cast(
+                    pa.timestamp("ms")
+                ),
+            }
+        )
+        rows = np.flatnonzero(d.is_alert)
+        alerts = pa.table({k: v.take(pa.array(rows)) for k, v in common.items()})
+        k = len(rows)
+        if self.settings.pipeline.store_features == "alerts":
+            nf = features.shape[1]
+            feats: pa.Array = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (k + 1) * nf, nf, dtype=np.int32)),
+                pa.array(np.ascontiguousarray(features[rows]).ravel(), type=pa.float32()),
+            )
+        else:
+            feats = pa.nulls(k, pa.list_(pa.float32()))
+        alerts = (
+            alerts.append_column("rules", d.rules_lists(rows))
+            .append_column("feature_version", pa.repeat(pa.scalar(self.engine.feature_version), k))
+            .append_column("features", feats)
+            .append_column(
+                "created_at",
+                pa.array(np.full(k, now.value, dtype=np.int64)).cast(pa.timestamp("ms")),
+            )
+        )
+        return ScoredBatch(tx, alerts, rejected, source)
+
+    def _count(self, decoded: DecodedBatch, d: Decisions, rejected: list) -> None:
+        s = self.summary
+        s.batches += 1
+        s.events += decoded.size
+        s.scored += len(decoded)
+        s.rejected += len(rejected)
+        s.alerts += int(np.count_nonzero(d.is_alert))
+        counts = np.bincount(d.level, minlength=len(LEVELS))
+        for i, lv in enumerate(LEVELS):
+            s.by_risk[lv] += int(counts[i])
+        for r in rejected:
+            s.rejected_by_reason[r.reason] = s.rejected_by_reason.get(r.reason, 0) + 1
+
+    def run(
+        self,
+        batches: Iterable[SourceBatch],
+        *,
+        source: str,
+        progress: TextIO | None = None,
+        max_events: int | None = None,
+    ) -> RunSummary:
+        """Process every batch of a source; print a live progress line to ``progress``."""
+        t0 = time.perf_counter()
+        last = 0.0
+        for batch in batches:
+            self.process(batch, source)
+            now = time.perf_counter()
+            self.summary.seconds = now - t0
+            if progress is not None and now - last > 0.5:
+                last = now
+                _progress(progress, self.summary)
+            if max_events is not None and self.summary.events >= max_events:
+                break
+        self.summary.seconds = time.perf_counter() - t0
+        if progress is not None:
+            _progress(progress, self.summary)
+            progress.write("\n")
+        return self.summary
+
+
+def _progress(out: TextIO, s: RunSummary) -> None:
+    line = (
+        f"\r{s.events:>10,} events  {s.tx_per_s:>10,.0f} tx/s  {s.alerts:>8,} alerts  "
+        f"{s.rejected:>6,} rejected  CRITICAL {s.by_risk['CRITICAL']:,}  HIGH {s.by_risk['HIGH']:,}"
+    )
+    out.write(line)
+    out.flush()
+
+
+def stderr_if_tty() -> TextIO | None:
+    """``sys.stderr`` when it is a terminal, else ``None`` (no progress noise in logs)."""
+    return sys.stderr if sys.stderr.isatty() else None

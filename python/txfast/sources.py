@@ -1,0 +1,354 @@
+"""Batch-first sources: history files (JSON lines, CSV, Parquet) and the simulator.
+
+A source yields :class:`SourceBatch` objects in order; each knows how to decode itself and
+where its events came from (``source`` name and the position of its first event), which is
+the idempotency key of dead letters and the resume point of a file replay.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from txfast import _core
+from txfast.decode import DecodedBatch, Decoder
+from txfast.exceptions import ConfigError
+
+__all__ = [
+    "CONTRACT_FIELDS",
+    "ColumnMapping",
+    "FileSource",
+    "SimulatedSource",
+    "SourceBatch",
+    "open_source",
+]
+
+CONTRACT_FIELDS = (
+    "transaction_id",
+    "timestamp",
+    "card_id",
+    "user_id",
+    "amount",
+    "currency",
+    "merchant_id",
+    "merchant_category",
+    "country",
+    "lat",
+    "lon",
+    "channel",
+    "device_id",
+    "label",
+)
+_STRING_FIELDS = {
+    "transaction_id",
+    "card_id",
+    "user_id",
+    "currency",
+    "merchant_id",
+    "merchant_category",
+    "country",
+    "channel",
+    "device_id",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    """A batch of raw events: a list of payloads, a JSON-lines buffer or an Arrow array.
+
+    Attributes:
+        position: Position (line / row / offset) of the first event in its source.
+        payloads: One message per event, or ``None``.
+        lines: A JSON-lines buffer, or ``None``.
+        documents: An Arrow string array of JSON documents, or ``None``.
+    """
+
+    position: int
+    payloads: Sequence[bytes | None] | None = None
+    lines: bytes | None = None
+    documents: pa.Array | None = None
+
+    def decode(self, decoder: Decoder) -> DecodedBatch:
+        """Decode with ``decoder`` (native, GIL released)."""
+        if self.payloads is not None:
+            return decoder.decode(self.payloads)
+        if self.lines is not None:
+            return decoder.decode_lines(self.lines)
+        assert self.documents is not None
+        return decoder.decode_arrow(self.documents)
+
+
+class ColumnMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the columns of a history file map onto the event contract.
+
+    TOML form::
+
+        [columns]                 # contract field = column in the file
+        timestamp = "TX_DATETIME"
+        card_id = "CUSTOMER_ID"
+        merchant_id = "TERMINAL_ID"
+        amount = "TX_AMOUNT"
+        label = "TX_FRAUD"
+        transaction_id = "TRANSACTION_ID"
+
+        [defaults]                # constant values for fields the file lacks
+        currency = "EUR"
+
+        [options]
+        timestamp_unit = "ms"     # for numeric timestamps: "ms" or "s"
+
+    Fields neither mapped nor defaulted are read from a column of the same name when there is
+    one. Without a ``transaction_id`` column, ids are ``<file stem>-<row number>``. Naive
+    timestamps (no offset) are taken as UTC.
+    """
+
+    columns: dict[str, str] = msgspec.field(default_factory=dict)
+    defaults: dict[str, str | float | int] = msgspec.field(default_factory=dict)
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ColumnMapping:
+        """Read a mapping file (TOML)."""
+        try:
+            m = msgspec.toml.decode(Path(path).read_bytes(), type=cls)
+        except FileNotFoundError:
+            raise ConfigError(f"column mapping {path} does not exist") from None
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ConfigError(f"column mapping {path} is invalid: {e}") from e
+        for name in (*m.columns, *m.defaults):
+            if name not in CONTRACT_FIELDS:
+                raise ConfigError(
+                    f"column mapping {path}: {name!r} is not a contract field {CONTRACT_FIELDS}"
+                )
+        if m.options.get("timestamp_unit", "ms") not in ("ms", "s"):
+            raise ConfigError(f"column mapping {path}: timestamp_unit must be ms or s")
+        return m
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str | float | int) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+class FileSource:
+    """Replays a history file in batches.
+
+    JSON-lines files without a mapping are decoded from their original bytes. CSV, Parquet
+    and mapped JSON files are read by DuckDB, which renders each row as a JSON document
+    following the contract; the native decoder validates it like any other event, and a
+    rejected row keeps that JSON rendering as its payload.
+
+    Args:
+        path: ``.jsonl``/``.json``/``.ndjson``, ``.csv``/``.csv.gz`` or ``.parquet``.
+        batch_size: Events per batch.
+        mapping: Column mapping for files with other column names.
+    """
+
+    def __init__(
+        self, path: str | Path, *, batch_size: int = 8192, mapping: ColumnMapping | None = None
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ConfigError(f"data file {self.path} does not exist")
+        self.batch_size = batch_size
+        self.mapping = mapping
+        name = self.path.name.lower()
+        if name.endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+            self.format = "json"
+        elif name.endswith((".csv", ".csv.gz", ".tsv")):
+            self.format = "csv"
+        elif name.endswith(".parquet"):
+            self.format = "parquet"
+        else:
+            raise ConfigError(
+                f"cannot tell the format of {self.path}: use .jsonl, .csv or .parquet"
+            )
+        self.name = f"file:{self.path}"
+
+    def __iter__(self) -> Iterator[SourceBatch]:
+        if self.format == "json" and self.mapping is None and not self.path.name.endswith(".gz"):
+            yield from self._json_lines()
+        else:
+            yield from self._duckdb_rows()
+
+    def _json_lines(self) -> Iterator[SourceBatch]:
+        block_bytes = 64 << 20
+        position = 0
+        rest = b""
+        with self.path.open("rb") as f:
+            while True:
+                chunk = f.read(block_bytes)
+                buf = rest + chunk
+                if not chunk:
+                    if buf:
+                        yield from self._split(buf, position)
+                    return
+                cut = buf.rfind(b"\n")
+                if cut < 0:
+                    rest = buf
+                    continue
+                block, rest = buf[: cut + 1], buf[cut + 1 :]
+                for b in self._split(block, position):
+                    position = b.position + _count_lines(b.lines or b"")
+                    yield b
+
+    def _split(self, block: bytes, position: int) -> Iterator[SourceBatch]:
+        starts, _ = _core.line_spans(block)
+        n = len(starts)
+        for i in range(0, n, self.batch_size):
+            a = int(starts[i])
+            b = int(starts[i + self.batch_size]) if i + self.batch_size < n else len(block)
+            yield SourceBatch(position + i, lines=block[a:b])
+
+    def _reader_sql(self) -> str:
+        p = _literal(str(self.path))
+        if self.format == "csv":
+            return f"read_csv({p}, header = true)"
+        if self.format == "parquet":
+            return f"read_parquet({p})"
+        return f"read_json_auto({p}, format = 'newline_delimited')"
+
+    def contract_sql(self, con: Any) -> str:
+        """The DuckDB query rendering each row as one contract JSON document."""
+        reader = self._reader_sql()
+        types = {
+            r[0]: str(r[1]).upper()
+            for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
+        }
+        mapping = self.mapping or ColumnMapping()
+        unit = mapping.options.get("timestamp_unit", "ms")
+        parts = []
+        for fld in CONTRACT_FIELDS:
+            col = mapping.columns.get(fld, fld if fld in types else None)
+            if col is not None and col not in types:
+                raise ConfigError(
+                    f"{self.path}: mapped column {col!r} for {fld!r} is missing; "
+                    f"columns are {sorted(types)}"
+                )
+            if col is None:
+                if fld in mapping.defaults:
+                    parts.append(f"{fld} := {_literal(mapping.defaults[fld])}")
+                elif fld == "transaction_id":
+                    stem = _literal(self.path.name.split(".")[0] + "-")
+                    parts.append(f"{fld} := {stem} || CAST(row_number() OVER () - 1 AS VARCHAR)")
+                continue
+            c, t = _quote(col), types[col]
+            if fld == "timestamp":
+                if t.startswith(("TIMESTAMP", "DATE")):
+                    expr = f"strftime(CAST({c} AS TIMESTAMP), '%Y-%m-%dT%H:%M:%S.%gZ')"
+                elif t in ("VARCHAR",):
+                    expr = (
+                        f"COALESCE(strftime(TRY_CAST({c} AS TIMESTAMPTZ) AT TIME ZONE 'UTC', "
+                        f"'%Y-%m-%dT%H:%M:%S.%gZ'), {c})"
+                    )
+                else:
+                    expr = f"CAST({c} AS BIGINT) * 1000" if unit == "s" else c
+            elif fld in _STRING_FIELDS:
+                expr = f"CAST({c} AS VARCHAR)"
+                if fld in mapping.defaults:
+                    expr = f"COALESCE({expr}, {_literal(mapping.defaults[fld])})"
+            elif fld == "label":
+                expr = f"TRY_CAST({c} AS INTEGER)"
+            else:
+                expr = (
+                    c
+                    if t in ("DOUBLE", "FLOAT", "BIGINT", "INTEGER", "DECIMAL")
+                    else (f"TRY_CAST({c} AS DOUBLE)")
+                )
+            parts.append(f"{fld} := {expr}")
+        return (
+            f"SELECT CAST(to_json(struct_pack({', '.join(parts)})) AS VARCHAR) AS doc FROM {reader}"
+        )
+
+    def _duckdb_rows(self) -> Iterator[SourceBatch]:
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            reader = con.execute(self.contract_sql(con)).fetch_record_batch(self.batch_size)
+            position = 0
+            for rb in reader:
+                docs = rb.column(0)
+                yield SourceBatch(position, documents=docs)
+                position += len(docs)
+        finally:
+            con.close()
+
+
+def _count_lines(block: bytes) -> int:
+    n = block.count(b"\n")
+    return n if block.endswith(b"\n") else n + 1
+
+
+@dataclass
+class SimulatedSource:
+    """A live stream from the simulator: ``days`` of history for ``cards`` cards, in time order.
+
+    Args:
+        cards: Number of cards.
+        days: Days simulated.
+        seed: Random seed.
+        rate: Events per second to pace at (0: as fast as possible).
+        batch_size: Events per batch.
+        start: First simulated day.
+    """
+
+    cards: int = 2000
+    days: int = 1
+    seed: int = 0
+    rate: float = 0.0
+    batch_size: int = 8192
+    start: str = "2026-01-01"
+    fraud_rate: float = 0.005
+    _table: pa.Table | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        """Source name used as the dead-letter key."""
+        return f"simulate:{self.seed}:{self.start}"
+
+    def table(self) -> pa.Table:
+        """The simulated transactions (computed once)."""
+        if self._table is None:
+            from txfast.simulate import simulate
+
+            self._table = simulate(
+                self.cards, self.days, self.seed, fraud_rate=self.fraud_rate, start=self.start
+            )
+        return self._table
+
+    def __iter__(self) -> Iterator[SourceBatch]:
+        from txfast.simulate import iter_json_batches
+
+        t0 = time.perf_counter()
+        position = 0
+        for payloads in iter_json_batches(self.table(), self.batch_size):
+            if self.rate > 0:
+                due = t0 + position / self.rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            yield SourceBatch(position, payloads=payloads)
+            position += len(payloads)
+
+
+def open_source(
+    spec: str, *, batch_size: int = 8192, **options: Any
+) -> FileSource | SimulatedSource:
+    """Build a source from ``simulate`` or ``file:PATH`` (a bare path works too)."""
+    if spec == "simulate":
+        return SimulatedSource(batch_size=batch_size, **options)
+    path = spec[len("file:") :] if spec.startswith("file:") else spec
+    return FileSource(path, batch_size=batch_size, mapping=options.get("mapping"))
