@@ -150,15 +150,10 @@ def train(
         max_samples=max_samples,
         target_alert_rate=target_alert_rate,
         seed=seed,
+        time_range_ms=(int(fs.ts_ms.min()), int(fs.ts_ms.max())),
     )
     meta = dict(trained.metadata)
-    meta["training_data"] = {
-        "path": str(data),
-        "start_ms": int(fs.ts_ms.min()),
-        "end_ms": int(fs.ts_ms.max()),
-        "rows": len(fs.X),
-        "rejected": len(fs.rejected),
-    }
+    meta["training"] = {**meta["training"], "source": str(data), "rejected": len(fs.rejected)}
     reg = Registry(settings.registry)
     make_champion = promote if promote is not None else reg.champion(settings.model_name) is None
     version = reg.register(settings.model_name, trained.onnx_bytes, meta, promote=make_champion)

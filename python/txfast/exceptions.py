@@ -11,6 +11,8 @@ __all__ = [
     "ConfigError",
     "InputError",
     "ModelMismatchError",
+    "ParityError",
+    "RegistryError",
     "SnapshotError",
     "StoreError",
     "TxfastError",
@@ -23,3 +25,11 @@ class StoreError(TxfastError):
 
 class ModelMismatchError(TxfastError, ValueError):
     """A model was trained on other features than the ones the scorer computes."""
+
+
+class RegistryError(TxfastError, ValueError):
+    """A registry name, version or file is unknown, missing or invalid."""
+
+
+class ParityError(TxfastError, ValueError):
+    """An exported model's scores differ from the native model's beyond tolerance."""

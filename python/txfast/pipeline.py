@@ -140,6 +140,9 @@ class Pipeline:
 
     def process(self, batch: SourceBatch, source: str) -> BatchResult:
         """Decode, featurise, score, decide and store one batch (durable on return)."""
+        # Between batches: follow the champion pointer, so each batch is scored by one model.
+        if self.scorer.reload_if_changed():
+            self.summary.model_version = self.scorer.model_version
         decoded = batch.decode(self.decoder)
         if batch.position:
             rejected = [
@@ -152,20 +155,22 @@ class Pipeline:
         n = len(decoded)
         if n:
             features = self.engine.process(**decoded.feature_inputs())
-            scores = self.scorer.score(features)
         else:
             features = np.zeros((0, len(self.feature_names)), dtype=np.float32)
-            scores = np.zeros(0, dtype=np.float32)
+        scored = self.scorer.score_batch(features)
+        scores = scored.score
         decisions = self.rules.apply(
             scores,
-            self.scorer.threshold,
+            scored.threshold,
             c["amount_base"],
             features,
             channel=c["channel"],
             category=c["merchant_category"],
             country=c["country_code"],
         )
-        stored = self._tables(decoded, features, scores, decisions, rejected, source)
+        stored = self._tables(
+            decoded, features, scores, decisions, rejected, source, scored.model_version
+        )
         self.store.write_batch(stored, history=self.settings.pipeline.history)
         self._count(decoded, decisions, rejected)
         return BatchResult(decoded, features, scores, decisions, stored)
@@ -178,6 +183,7 @@ class Pipeline:
         d: Decisions,
         rejected: list,
         source: str,
+        model_version: str,
     ) -> ScoredBatch:
         c = decoded.columns
         n = len(decoded)
@@ -199,7 +205,7 @@ class Pipeline:
             "is_anomaly": pa.array(d.is_anomaly),
             "risk_level": d.level_names(),
             "action": d.action_names(),
-            "model_version": pa.repeat(pa.scalar(self.scorer.model_version), n),
+            "model_version": pa.repeat(pa.scalar(model_version), n),
         }
         tx = pa.table(
             {

@@ -1,0 +1,328 @@
+"""Core benchmark: the whole in-memory path, each stage alone, state memory, and a baseline.
+
+    python bench/bench_core.py --events 1000000 --cards 100000 --json
+
+Figures (medians of ``--repeat`` runs, fresh state each run):
+
+- ``tx_per_s``: JSON bytes → native decode+validate → features → ONNX score → rules, batches
+  of ``--batch`` (8192), one process.
+- ``features_tx_per_s``: the Rust feature engine alone on pre-decoded columns.
+- ``decode_tx_per_s``, ``score_rows_per_s``, ``rules_rows_per_s``: the other stages alone.
+- ``bytes_per_card``: feature-state bytes per card after ``--state-days`` (30) of
+  ``--state-rate`` (3) transactions per card per day for ``--state-cards`` (1,000,000) cards.
+- ``baseline``: the same path written the usual way in pure Python, one event at a time
+  (``json.loads`` + the reference contract checks, the reference feature implementation,
+  ONNX Runtime called per event, rules as ``if`` statements), on the first
+  ``--baseline-events`` events; ``ratio`` is ``tx_per_s / baseline.tx_per_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from txfast.config import load_settings
+from txfast.contract import Normalized, decode_event
+from txfast.pipeline import build_decoder, build_engine
+from txfast.reference import ReferenceEngine
+from txfast.registry import Registry
+from txfast.rules import RuleEngine
+from txfast.scoring import Scorer
+from txfast.simulate import iter_json_batches, simulate
+
+
+def log(msg: str) -> None:
+    print(f"[bench_core] {msg}", file=sys.stderr, flush=True)
+
+
+def median_rate(n: int, fn, repeat: int) -> float:
+    rates = []
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def make_payloads(events: int, cards: int, seed: int, batch: int) -> list[list[bytes]]:
+    # The simulator averages ~3 transactions per card per day; simulate enough days.
+    days = max(1, math.ceil(events / (cards * 2.5)))
+    table = simulate(cards, days, seed, start="2026-01-01")
+    table = table.slice(0, min(events, table.num_rows))
+    return list(iter_json_batches(table, batch))
+
+
+def train_model(settings, decoded, registry: Path) -> Scorer:
+    from txfast.training.isolation_forest import train_isolation_forest
+
+    engine = build_engine(settings)
+    X = np.concatenate([engine.process(**d.feature_inputs()) for d in decoded])
+    rng = np.random.default_rng(0)
+    sample = X[rng.choice(len(X), size=min(len(X), 200_000), replace=False)]
+    trained = train_isolation_forest(
+        sample, list(engine.feature_names), engine.feature_version, n_estimators=100, seed=0
+    )
+    Registry(registry).register("default", trained.onnx_bytes, trained.metadata, promote=True)
+    return Scorer.from_registry(
+        registry,
+        "default",
+        feature_names=list(engine.feature_names),
+        feature_version=engine.feature_version,
+    )
+
+
+def state_bytes_per_card(settings, cards: int, days: int, rate: float, seed: int) -> dict:
+    """Feed a synthetic steady-state stream and measure the engine's state per card."""
+    rng = np.random.default_rng(seed)
+    engine = build_engine(settings)
+    merchants = 50_000
+    home = rng.integers(1, 30, size=cards).astype(np.uint64)
+    per_day = int(cards * rate)
+    day_ms = 86_400_000
+    t_start = 1_767_225_600_000  # 2026-01-01
+    chunk = 1 << 16
+    t0 = time.perf_counter()
+    total = 0
+    for d in range(days):
+        card = rng.integers(0, cards, size=per_day)
+        ts = np.sort(rng.integers(0, day_ms, size=per_day)) + t_start + d * day_ms
+        # Habits: each card draws from 8 regular merchants; category follows the merchant.
+        slot = rng.integers(0, 8, size=per_day)
+        merchant = ((card * 8 + slot) * 2_654_435_761 % merchants).astype(np.uint64) + 1
+        category = merchant % np.uint64(20) + np.uint64(1)
+        country = home[card]
+        amount = np.round(rng.lognormal(3.0, 1.0, size=per_day), 2)
+        lat = 48.0 + (card % 1000) * 0.001
+        lon = 2.0 + (card % 1000) * 0.001
+        user = (card // 2).astype(np.uint64) + 1
+        channel = rng.integers(1, 3, size=per_day).astype(np.uint8)
+        cardh = card.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1)
+        for a in range(0, per_day, chunk):
+            s = slice(a, a + chunk)
+            engine.process(
+                ts_ms=ts[s].astype(np.int64),
+                card=cardh[s],
+                amount=amount[s],
+                merchant=merchant[s],
+                user=user[s],
+                category=category[s],
+                country=country[s],
+                lat=lat[s].astype(np.float64),
+                lon=lon[s].astype(np.float64),
+                channel=channel[s],
+            )
+        total += per_day
+    seconds = time.perf_counter() - t0
+    stats = engine.stats()
+    return {
+        "bytes_per_card": stats["state_bytes"] / max(1, stats["cards"]),
+        "state_cards": int(stats["cards"]),
+        "state_events": total,
+        "state_days": days,
+        "state_feed_tx_per_s": total / seconds,
+        "state_stats": {k: int(v) for k, v in stats.items()},
+    }
+
+
+def baseline(payloads: list[bytes], settings, scorer: Scorer, registry: Path) -> dict:
+    """Per-event pure Python: json → contract checks → reference features → ORT → rules."""
+    import onnxruntime as ort
+
+    meta = scorer.metadata
+    ref = ReferenceEngine()
+    model = Registry(registry).load("default")
+    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    quantiles = np.asarray(meta.calibration.quantiles, dtype=np.float64)
+    levels = np.linspace(0.0, 1.0, len(quantiles))
+    rates = settings.decoder.rates
+    risk = settings.risk
+    feature_seconds = 0.0
+    score_seconds = 0.0
+    alerts = 0
+    t0 = time.perf_counter()
+    for p in payloads:
+        e = decode_event(p, rates=rates)
+        if not isinstance(e, Normalized):
+            continue
+        f0 = time.perf_counter()
+        row = ref.process_event(
+            e.ts_ms,
+            e.card_id,
+            e.amount_base,
+            e.merchant_id,
+            e.user_id,
+            e.merchant_category,
+            e.country,
+            e.lat,
+            e.lon,
+            _channel_code(e.channel),
+        )
+        f1 = time.perf_counter()
+        raw = session.run(None, {input_name: np.asarray([row], dtype=np.float32)})[0]
+        score = float(np.interp(float(np.ravel(raw)[0]), quantiles, levels))
+        score_seconds += time.perf_counter() - f1
+        feature_seconds += f1 - f0
+        if score >= risk.critical or (score >= scorer.threshold and e.amount_base >= 5000):
+            alerts += 1
+        elif score >= risk.high:
+            alerts += 1
+    total = time.perf_counter() - t0
+    n = len(payloads)
+    return {
+        "events": n,
+        "tx_per_s": n / total,
+        "features_tx_per_s": n / feature_seconds,
+        "score_rows_per_s": n / score_seconds,
+    }
+
+
+def _channel_code(name: str | None) -> int:
+    from txfast.contract import CHANNELS
+
+    if not name:
+        return 0
+    return CHANNELS.index(name) + 1 if name in CHANNELS else 6
+
+
+def machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        info["mem_gib"] = round(int(mem) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--cards", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--state-cards", type=int, default=1_000_000)
+    ap.add_argument("--state-days", type=int, default=30)
+    ap.add_argument("--state-rate", type=float, default=3.0)
+    ap.add_argument("--baseline-events", type=int, default=20_000)
+    ap.add_argument("--skip-state", action="store_true", help="Skip the bytes_per_card run.")
+    ap.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    args = ap.parse_args()
+
+    settings = load_settings(env={})
+    log(f"simulating {args.events:,} events over {args.cards:,} cards")
+    batches = make_payloads(args.events, args.cards, args.seed, args.batch)
+    n = sum(len(b) for b in batches)
+    decoder = build_decoder(settings)
+    decoded = [decoder.decode(b) for b in batches]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log("training the default Isolation Forest (100 trees)")
+        scorer = train_model(settings, decoded, Path(tmp) / "registry")
+        names = list(build_engine(settings).feature_names)
+        rules = RuleEngine(settings.risk, settings.rules, names)
+
+        def full_path() -> None:
+            engine = build_engine(settings)
+            for b in batches:
+                d = decoder.decode(b)
+                X = engine.process(**d.feature_inputs())
+                s = scorer.score(X)
+                c = d.columns
+                rules.apply(
+                    s,
+                    scorer.threshold,
+                    c["amount_base"],
+                    X,
+                    channel=c["channel"],
+                    category=c["merchant_category"],
+                    country=c["country_code"],
+                )
+
+        def decode_only() -> None:
+            for b in batches:
+                decoder.decode(b)
+
+        def features_only() -> None:
+            engine = build_engine(settings)
+            for d in decoded:
+                engine.process(**d.feature_inputs())
+
+        engine = build_engine(settings)
+        matrices = [engine.process(**d.feature_inputs()) for d in decoded]
+        scores = [scorer.score(X) for X in matrices]
+
+        def score_only() -> None:
+            for X in matrices:
+                scorer.score(X)
+
+        def rules_only() -> None:
+            for d, X, s in zip(decoded, matrices, scores, strict=True):
+                c = d.columns
+                rules.apply(
+                    s,
+                    scorer.threshold,
+                    c["amount_base"],
+                    X,
+                    channel=c["channel"],
+                    category=c["merchant_category"],
+                    country=c["country_code"],
+                )
+
+        log("measuring the whole path")
+        result: dict = {"events": n, "cards": args.cards, "batch": args.batch}
+        result["tx_per_s"] = median_rate(n, full_path, args.repeat)
+        log("measuring each stage")
+        result["decode_tx_per_s"] = median_rate(n, decode_only, args.repeat)
+        result["features_tx_per_s"] = median_rate(n, features_only, args.repeat)
+        result["score_rows_per_s"] = median_rate(n, score_only, args.repeat)
+        result["rules_rows_per_s"] = median_rate(n, rules_only, args.repeat)
+        log(f"baseline: pure Python per event on {args.baseline_events:,} events")
+        flat = [p for b in batches for p in b][: args.baseline_events]
+        base = baseline(flat, settings, scorer, Path(tmp) / "registry")
+        result["baseline"] = base
+        result["ratio"] = result["tx_per_s"] / base["tx_per_s"]
+        result["features_ratio"] = result["features_tx_per_s"] / base["features_tx_per_s"]
+        result["score_ratio"] = result["score_rows_per_s"] / base["score_rows_per_s"]
+
+    if not args.skip_state:
+        log(
+            f"state memory: {args.state_cards:,} cards x {args.state_days} days x "
+            f"{args.state_rate}/day"
+        )
+        result.update(
+            state_bytes_per_card(
+                settings, args.state_cards, args.state_days, args.state_rate, args.seed
+            )
+        )
+    result["machine"] = machine()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            print(f"{k:>22}: {v}")
+
+
+if __name__ == "__main__":
+    main()

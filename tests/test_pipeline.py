@@ -1,0 +1,155 @@
+"""End to end on embedded defaults: file → decode → features → ONNX → rules → DuckDB."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from txfast.cli import main
+from txfast.config import load_settings
+from txfast.pipeline import Pipeline
+from txfast.sources import FileSource
+
+MALFORMED = {
+    "invalid_json": lambda e: b'{"transaction_id": "broken", "amount": ',
+    "wrong_type": lambda e: json.dumps({**e, "amount": "12.30"}).encode(),
+    "missing_field": lambda e: json.dumps({k: v for k, v in e.items() if k != "card_id"}).encode(),
+    "invalid_amount": lambda e: json.dumps({**e, "amount": -5.0}).encode(),
+    "unknown_currency": lambda e: json.dumps({**e, "currency": "ZZZ"}).encode(),
+    "pan_card_id": lambda e: json.dumps({**e, "card_id": "4539 1488 0343 6467"}).encode(),
+    "invalid_utf8": lambda e: b'{"transaction_id": "\xff\xfe"}',
+}
+
+
+@pytest.fixture(scope="module")
+def dirty_file(stream_events: list[bytes], tmp_path_factory: pytest.TempPathFactory):
+    """The stream with 1 % of lines replaced by malformed events of every kind."""
+    rng = random.Random(3)
+    lines = list(stream_events)
+    bad_positions = sorted(rng.sample(range(len(lines)), k=len(lines) // 100))
+    expected_reason = {}
+    kinds = sorted(MALFORMED)
+    for k, pos in enumerate(bad_positions):
+        kind = kinds[k % len(kinds)]
+        lines[pos] = MALFORMED[kind](json.loads(lines[pos]))
+        expected_reason[pos] = kind
+    path = tmp_path_factory.mktemp("stream") / "stream.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    good_ids = {
+        json.loads(line)["transaction_id"]
+        for i, line in enumerate(lines)
+        if i not in expected_reason
+    }
+    return path, expected_reason, good_ids
+
+
+def run_file(path: Path, store: str, registry: Path, batch_size: int = 1000):
+    settings = load_settings(env={}, overrides={"store": store, "registry": str(registry)})
+    settings = settings.replace(pipeline=settings.pipeline.__class__(batch_size=batch_size))
+    pipe = Pipeline.from_settings(settings)
+    src = FileSource(path, batch_size=batch_size)
+    try:
+        summary = pipe.run(src, source=src.name)
+        rows = {
+            "tx": pipe.store.query("SELECT transaction_id FROM transactions"),
+            "alerts": pipe.store.query("SELECT transaction_id, risk_level, rules FROM alerts"),
+            "dlq": pipe.store.query("SELECT position, reason, payload FROM dead_letters"),
+        }
+    finally:
+        pipe.store.close()
+    return summary, rows
+
+
+def test_malformed_lines_go_to_dead_letters_and_the_rest_is_scored(dirty_file, registry, tmp_path):
+    path, expected_reason, good_ids = dirty_file
+    summary, rows = run_file(path, f"duckdb:{tmp_path / 'a.duckdb'}", registry)
+    assert summary.events == len(good_ids) + len(expected_reason)
+    assert summary.scored == len(good_ids)
+    assert {r[0] for r in rows["tx"]} == good_ids, "every good line scored and stored"
+    got = {pos: reason for pos, reason, _ in rows["dlq"]}
+    assert got == expected_reason, "every bad line in the dead-letter table with its reason"
+    for _pos, reason, payload in rows["dlq"]:
+        assert payload, "original bytes kept"
+        if reason == "pan_card_id":
+            assert b"4539 1488 0343 6467" not in payload
+    assert summary.alerts == len(rows["alerts"]) > 0
+    levels = {r[1] for r in rows["alerts"]}
+    assert levels <= {"LOW", "MEDIUM", "HIGH", "CRITICAL"}
+
+
+def test_running_the_same_input_twice_leaves_one_alert_per_transaction(
+    dirty_file, registry, tmp_path
+):
+    path, expected_reason, good_ids = dirty_file
+    store = f"duckdb:{tmp_path / 'b.duckdb'}"
+    first, rows1 = run_file(path, store, registry, batch_size=700)
+    second, rows2 = run_file(path, store, registry, batch_size=1300)
+    assert second.alerts == first.alerts, "same input, same decisions"
+    ids = [r[0] for r in rows2["alerts"]]
+    assert len(ids) == len(set(ids)) == first.alerts
+    assert sorted(rows2["alerts"]) == sorted(rows1["alerts"])
+    assert len(rows2["tx"]) == len(good_ids)
+    assert len(rows2["dlq"]) == len(expected_reason)
+
+
+def test_cli_end_to_end(history: Path, dirty_file, tmp_path: Path) -> None:
+    path, expected_reason, good_ids = dirty_file
+    reg = tmp_path / "registry"
+    runner = CliRunner()
+    r = runner.invoke(
+        main,
+        ["train", "--data", str(history), "--registry", str(reg), "--trees", "20"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "champion" in r.output
+    store = f"duckdb:{tmp_path / 'c.duckdb'}"
+    r = runner.invoke(
+        main,
+        ["run", "--source", f"file:{path}", "--store", store, "--registry", str(reg), "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["scored"] == len(good_ids)
+    assert summary["rejected"] == len(expected_reason)
+    assert sum(summary["rejected_by_reason"].values()) == len(expected_reason)
+    r = runner.invoke(main, ["alerts", "--store", store, "--limit", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(r.output.strip().splitlines()) == min(3, summary["alerts"])
+    r = runner.invoke(main, ["models", "list", "--registry", str(reg)])
+    assert r.exit_code == 0 and "* default/v1" in r.output
+
+
+def test_features_command_writes_every_feature(history: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from txfast.features import DEFAULT_FEATURE_NAMES
+
+    out = tmp_path / "features.parquet"
+    r = CliRunner().invoke(main, ["features", "--data", str(history), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(out)
+    assert t.column_names[:1] == ["transaction_id"]
+    assert set(DEFAULT_FEATURE_NAMES) <= set(t.column_names)
+    assert t.num_rows == pq.read_metadata(history).num_rows
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path, dirty_file) -> None:
+    path, _, _ = dirty_file
+    r = CliRunner().invoke(
+        main, ["run", "--source", f"file:{path}", "--registry", str(tmp_path / "empty")]
+    )
+    assert r.exit_code != 0
+    assert "Error" in r.output
+
+
+@pytest.mark.parametrize("cmd", ["simulate", "features", "train", "run", "alerts", "models"])
+def test_every_command_has_help_with_examples(cmd: str) -> None:
+    r = CliRunner().invoke(main, [cmd, "--help"])
+    assert r.exit_code == 0
+    assert "Usage" in r.output
+    if cmd != "models":
+        assert "Example" in r.output
