@@ -44,11 +44,13 @@ def main() -> None:
 @main.command(context_settings=CONTEXT)
 @click.option("--cards", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--days", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--fraud-rate", type=click.FloatRange(0, 0.5), default=0.005, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--fraud-rate", type=click.FloatRange(0, 0.5, max_open=True), default=0.005, show_default=True
+)
 @click.option("--start", default="2026-01-01", show_default=True, help="First simulated day.")
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help=".jsonl, .csv or .parquet"
+    "--out", required=True, type=click.Path(dir_okay=False), help=".jsonl/.json, .csv or .parquet"
 )
 def simulate(cards: int, days: int, seed: int, fraud_rate: float, start: str, out: str) -> None:
     """Write realistic labelled transactions (normal habits plus fraud scenarios).
@@ -109,7 +111,7 @@ def features(data: str, out: str, mapping: str | None, config: str | None) -> No
 @click.option("--trees", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--max-samples", type=click.IntRange(2), default=256, show_default=True)
 @click.option("--target-alert-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
     "--promote/--no-promote",
     default=None,
@@ -155,7 +157,10 @@ def train(
     meta = dict(trained.metadata)
     meta["training"] = {**meta["training"], "source": str(data), "rejected": len(fs.rejected)}
     reg = Registry(settings.registry)
-    make_champion = promote if promote is not None else reg.champion(settings.model_name) is None
+    has_champion = (
+        settings.model_name in reg.names() and reg.champion(settings.model_name) is not None
+    )
+    make_champion = promote if promote is not None else not has_champion
     version = reg.register(settings.model_name, trained.onnx_bytes, meta, promote=make_champion)
     state = "champion" if make_champion else "not promoted"
     click.echo(
@@ -178,7 +183,7 @@ def train(
 @click.option("--mapping", type=click.Path(exists=True, dir_okay=False), help="Column mapping.")
 @click.option("--cards", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--days", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--start", default="2026-02-01", show_default=True)
 @click.option("--rate", type=click.FloatRange(0), default=0.0, help="Pace events/s (0: max).")
 @click.option("--max-events", type=click.IntRange(1), default=None)

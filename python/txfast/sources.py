@@ -277,7 +277,10 @@ class FileSource:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            reader = con.execute(self.contract_sql(con)).fetch_record_batch(self.batch_size)
+            rel = con.sql(self.contract_sql(con))
+            # duckdb 2 streams relations with to_arrow_reader; 1.x calls it record_batch.
+            to_reader = getattr(rel, "to_arrow_reader", None) or rel.record_batch
+            reader = to_reader(self.batch_size)
             position = 0
             for rb in reader:
                 docs = rb.column(0)
