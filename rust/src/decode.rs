@@ -316,7 +316,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
     }
 }
 
-struct RawLabel(i8);
+/// A label as sent: a bool or any integer (the 0/1 range is checked after all types are).
+struct RawLabel(i64);
 
 impl<'de> Deserialize<'de> for RawLabel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -327,16 +328,13 @@ impl<'de> Deserialize<'de> for RawLabel {
                 f.write_str("0, 1, true or false")
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(RawLabel(v as i8))
+                Ok(RawLabel(i64::from(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                match v {
-                    0 | 1 => Ok(RawLabel(v as i8)),
-                    _ => Err(E::custom(format_args!("label must be 0 or 1, got {v}"))),
-                }
+                Ok(RawLabel(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                self.visit_i64(v.min(2) as i64)
+                Ok(RawLabel(i64::try_from(v).unwrap_or(i64::MAX)))
             }
         }
         d.deserialize_any(V)
@@ -433,7 +431,7 @@ pub fn looks_like_pan(s: &str) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -531,6 +529,16 @@ pub fn parse_iso8601_ms(s: &str) -> Result<i64, String> {
 }
 
 fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rejection> {
+    let label = match raw.label {
+        None => -1,
+        Some(RawLabel(v)) if v == 0 || v == 1 => v as i8,
+        Some(RawLabel(v)) => {
+            return Err((
+                Reason::InvalidValue,
+                format!("label must be 0 or 1, got {v}"),
+            ));
+        }
+    };
     let transaction_id = required_id(raw.transaction_id, "transaction_id")?;
     let ts_ms = match raw.timestamp {
         None => {
@@ -664,7 +672,7 @@ fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rej
         lon,
         channel: optional_id(raw.channel, "channel")?,
         device_id: optional_id(raw.device_id, "device_id")?,
-        label: raw.label.map_or(-1, |l| l.0),
+        label,
     })
 }
 
@@ -678,8 +686,6 @@ fn classify_json_error(e: &serde_json::Error) -> Rejection {
                     Reason::NotAnObject,
                     format!("event is not a JSON object: {msg}"),
                 )
-            } else if msg.starts_with("label must") {
-                (Reason::InvalidValue, msg)
             } else {
                 (Reason::WrongType, msg)
             }

@@ -9,10 +9,30 @@ use crate::error::TxError;
 mod decode;
 mod engine;
 
-create_exception!(txfast.exceptions, TxfastError, PyException, "Base class of every txfast error.");
-create_exception!(txfast.exceptions, ConfigError, TxfastError, "A configuration value is invalid.");
-create_exception!(txfast.exceptions, SnapshotError, TxfastError, "A state snapshot cannot be restored.");
-create_exception!(txfast.exceptions, InputError, TxfastError, "Input columns are inconsistent.");
+create_exception!(
+    txfast.exceptions,
+    TxfastError,
+    PyException,
+    "Base class of every txfast error."
+);
+create_exception!(
+    txfast.exceptions,
+    ConfigError,
+    TxfastError,
+    "A configuration value is invalid."
+);
+create_exception!(
+    txfast.exceptions,
+    SnapshotError,
+    TxfastError,
+    "A state snapshot cannot be restored."
+);
+create_exception!(
+    txfast.exceptions,
+    InputError,
+    TxfastError,
+    "Input columns are inconsistent."
+);
 
 impl From<TxError> for PyErr {
     fn from(e: TxError) -> PyErr {

@@ -1,0 +1,170 @@
+"""Native core of txfast (Rust, PyO3). Use the façades in :mod:`txfast.features`."""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, final
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "__version__",
+    "TxfastError",
+    "ConfigError",
+    "SnapshotError",
+    "InputError",
+    "FEATURE_VERSION",
+    "FeatureEngine",
+    "hash_id",
+    "hash_ids",
+    "Decoder",
+    "line_spans",
+    "CHANNELS",
+    "REJECT_REASONS",
+]
+
+__version__: str
+
+FEATURE_VERSION: str
+"""Version of the feature set (``"txfast-features/1"``)."""
+
+class TxfastError(Exception):
+    """Base class of every txfast error."""
+
+class ConfigError(TxfastError):
+    """A configuration value is invalid."""
+
+class SnapshotError(TxfastError):
+    """A state snapshot cannot be restored."""
+
+class InputError(TxfastError):
+    """Input columns are inconsistent."""
+
+def hash_id(value: str) -> int:
+    """Stable 64-bit id of a string: FNV-1a 64 of its UTF-8 bytes, splitmix64 finaliser.
+
+    Never 0 (0 means "absent").
+    """
+
+def hash_ids(values: Sequence[str | None]) -> NDArray[np.uint64]:
+    """``hash_id`` of every string as a uint64 array; ``None`` and ``""`` give 0."""
+
+@final
+class FeatureEngine:
+    """Per-card, per-merchant and per-user sliding-window feature engine.
+
+    Every column is defined in ``docs/features.md``. Defaults: card windows 1 min, 1 h, 24 h,
+    7 d, 30 d; merchant windows 24 h, 7 d; user window 24 h; ``allowed_lateness_ms`` 1 h;
+    ``idle_ttl_ms=None`` (the longest window of each entity kind plus the lateness); 64 shards;
+    ``threads=None`` (one thread per CPU). Invalid configuration raises ``ConfigError``.
+    """
+
+    def __new__(
+        cls,
+        *,
+        card_windows_ms: Sequence[int] = ...,
+        merchant_windows_ms: Sequence[int] = ...,
+        user_windows_ms: Sequence[int] = ...,
+        allowed_lateness_ms: int = ...,
+        idle_ttl_ms: int | None = None,
+        shards: int = ...,
+        threads: int | None = None,
+    ) -> FeatureEngine: ...
+    @property
+    def feature_names(self) -> list[str]:
+        """Column names of the output, in order."""
+
+    @property
+    def feature_version(self) -> str:
+        """Feature-set version (``FEATURE_VERSION``)."""
+
+    def process(
+        self,
+        ts_ms: NDArray[np.int64],
+        card: NDArray[np.uint64],
+        amount: NDArray[np.float64],
+        merchant: NDArray[np.uint64],
+        user: NDArray[np.uint64],
+        category: NDArray[np.uint64],
+        country: NDArray[np.uint64],
+        lat: NDArray[np.float64],
+        lon: NDArray[np.float64],
+        channel: NDArray[np.uint8],
+    ) -> NDArray[np.float32]:
+        """Compute the features of a batch and add its events to the state.
+
+        Takes ten 1-D contiguous arrays of one length with exactly these dtypes, processes the
+        events in the given order and returns a C-contiguous float32 array of shape
+        ``(n, len(feature_names))``. Releases the GIL while it works. Raises ``InputError``
+        on columns of different lengths or invalid values (the state is then unchanged).
+        """
+
+    def snapshot(self) -> bytes:
+        """Serialise configuration and state (magic ``b"TXFS"``, format version, config, state).
+
+        Releases the GIL while serialising.
+        """
+
+    @classmethod
+    def restore(cls, data: bytes) -> FeatureEngine:
+        """Rebuild an engine from ``snapshot()`` bytes (default threads).
+
+        Raises ``SnapshotError`` on bad magic, an unsupported version, truncated or corrupted
+        data. Releases the GIL while parsing.
+        """
+
+    def evict_idle(self, watermark_ms: int | None = None) -> int:
+        """Drop entities idle for longer than their kind's TTL; returns how many were dropped.
+
+        An entity is dropped when its newest event time is older than ``watermark_ms - TTL``;
+        ``None`` uses the largest event time processed so far. Releases the GIL.
+        """
+
+    def stats(self) -> dict[str, int]:
+        """Entity counts, retained events and heap bytes of the state.
+
+        Keys: ``cards``, ``merchants``, ``users``, ``card_events``, ``merchant_events``,
+        ``user_events``, ``state_bytes`` and its split ``card_bytes``, ``merchant_bytes``,
+        ``user_bytes``. Releases the GIL while counting.
+        """
+
+CHANNELS: list[str]
+"""Channel names; code ``i + 1`` is ``CHANNELS[i]`` (0 means absent)."""
+
+REJECT_REASONS: list[str]
+"""Stable reason codes of rejected events."""
+
+@final
+class Decoder:
+    """Decodes and validates raw JSON events into columns (see ``txfast.decode.Decoder``).
+
+    Raises:
+        ConfigError: On an invalid base currency, rates table or limit.
+    """
+
+    def __new__(
+        cls,
+        *,
+        base_currency: str = "EUR",
+        rates: dict[str, float] = ...,
+        max_event_bytes: int = 1_048_576,
+        max_amount: float = 1e9,
+    ) -> Decoder: ...
+    @property
+    def base_currency(self) -> str:
+        """The base currency."""
+    @property
+    def rates(self) -> dict[str, float]:
+        """The rates table, base currency included."""
+    def decode(self, payloads: Iterable[bytes | None]) -> dict[str, Any]:
+        """Decode one message per payload (``None``: empty message). Releases the GIL.
+
+        Returns a dict of numpy columns (string columns as ``(offsets, data, valid)``) and
+        ``rejects``, a list of ``(index, reason, message)``.
+        """
+    def decode_lines(self, buffer: bytes) -> dict[str, Any]:
+        """Decode a JSON-lines buffer; ``index`` is the line number. Releases the GIL."""
+    def decode_offsets(self, data: NDArray[np.uint8], offsets: NDArray[np.int64]) -> dict[str, Any]:
+        """Decode payloads stored back to back (Arrow layout). Releases the GIL."""
+
+def line_spans(buffer: bytes) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Byte ``(starts, ends)`` of the lines of a JSON-lines buffer."""
