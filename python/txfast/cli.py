@@ -267,7 +267,8 @@ def alerts(
     from txfast.store import open_store
 
     settings = _settings(config, store=store)
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if risk:
         where.append(f"risk_level IN ({', '.join('?' for _ in risk)})")
         params.extend(r.upper() for r in risk)

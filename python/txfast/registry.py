@@ -62,8 +62,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 
-
-
 class Calibration(msgspec.Struct, frozen=True, kw_only=True):
     """Mapping from raw model scores to calibrated anomaly scores in [0, 1].
 

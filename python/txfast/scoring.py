@@ -44,8 +44,6 @@ __all__ = [
 ]
 
 
-
-
 def fit_calibration(raw_scores: np.ndarray, n_quantiles: int = 1001) -> list[float]:
     """Summarise training raw scores as evenly spaced quantiles for ``Calibrator``.
 

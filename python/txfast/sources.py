@@ -279,7 +279,7 @@ class FileSource:
             con.execute("SET TimeZone = 'UTC'")
             rel = con.sql(self.contract_sql(con))
             # duckdb 2 streams relations with to_arrow_reader; 1.x calls it record_batch.
-            to_reader = getattr(rel, "to_arrow_reader", None) or rel.record_batch
+            to_reader: Any = getattr(rel, "to_arrow_reader", None) or rel.record_batch
             reader = to_reader(self.batch_size)
             position = 0
             for rb in reader:
