@@ -11,9 +11,10 @@ Figures (medians of ``--repeat`` runs, fresh state each run):
 - ``bytes_per_card``: feature-state bytes per card after ``--state-days`` (30) of
   ``--state-rate`` (3) transactions per card per day for ``--state-cards`` (1,000,000) cards.
 - ``baseline``: the same path written the usual way in pure Python, one event at a time
-  (``json.loads`` + the reference contract checks, the reference feature implementation,
-  ONNX Runtime called per event, rules as ``if`` statements), on the first
-  ``--baseline-events`` events; ``ratio`` is ``tx_per_s / baseline.tx_per_s``.
+  (``bench/baseline.py``: ``json.loads``, ``if`` checks, ``dict``/``deque`` window state, the
+  same forest walked in Python, ``bisect`` calibration), on the first ``--baseline-events``
+  events, after checking that its scores equal txfast's on a prefix
+  (``max_abs_score_diff_vs_txfast``); ``ratio`` is ``tx_per_s / baseline.tx_per_s``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from txfast.config import load_settings
-from txfast.contract import Normalized, decode_event
 from txfast.pipeline import build_decoder, build_engine
-from txfast.reference import ReferenceEngine
 from txfast.registry import Registry
 from txfast.rules import RuleEngine
 from txfast.scoring import Scorer
@@ -64,7 +63,7 @@ def make_payloads(events: int, cards: int, seed: int, batch: int) -> list[list[b
     return list(iter_json_batches(table, batch))
 
 
-def train_model(settings, decoded, registry: Path) -> Scorer:
+def train_model(settings, decoded, registry: Path) -> tuple[Scorer, object]:
     from txfast.training.isolation_forest import train_isolation_forest
 
     engine = build_engine(settings)
@@ -75,12 +74,13 @@ def train_model(settings, decoded, registry: Path) -> Scorer:
         sample, list(engine.feature_names), engine.feature_version, n_estimators=100, seed=0
     )
     Registry(registry).register("default", trained.onnx_bytes, trained.metadata, promote=True)
-    return Scorer.from_registry(
+    scorer = Scorer.from_registry(
         registry,
         "default",
         feature_names=list(engine.feature_names),
         feature_version=engine.feature_version,
     )
+    return scorer, trained.model
 
 
 def state_bytes_per_card(settings, cards: int, days: int, rate: float, seed: int) -> dict:
@@ -136,65 +136,47 @@ def state_bytes_per_card(settings, cards: int, days: int, rate: float, seed: int
     }
 
 
-def baseline(payloads: list[bytes], settings, scorer: Scorer, registry: Path) -> dict:
-    """Per-event pure Python: json → contract checks → reference features → ORT → rules."""
-    import onnxruntime as ort
+def baseline(payloads: list[bytes], settings, scorer: Scorer, model) -> dict:
+    """The per-event pure-Python baseline (bench/baseline.py) on the same events."""
+    from baseline import PythonBaseline, PythonForest
 
     meta = scorer.metadata
-    ref = ReferenceEngine()
-    model = Registry(registry).load("default")
-    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    quantiles = np.asarray(meta.calibration.quantiles, dtype=np.float64)
-    levels = np.linspace(0.0, 1.0, len(quantiles))
-    rates = settings.decoder.rates
-    risk = settings.risk
-    feature_seconds = 0.0
-    score_seconds = 0.0
-    alerts = 0
+    base = PythonBaseline(
+        PythonForest(model),
+        list(meta.calibration.quantiles),
+        scorer.threshold,
+        dict(settings.decoder.rates),
+    )
+    # Same answers as txfast (in-order stream): compare scores on a prefix first.
+    check = payloads[: min(len(payloads), 5000)]
+    expected = txfast_scores(check, settings, scorer)
+    got = np.array([base.handle(p) for p in check], dtype=np.float64)
+    max_diff = float(np.max(np.abs(got - expected)))
+    base = PythonBaseline(
+        PythonForest(model),
+        list(meta.calibration.quantiles),
+        scorer.threshold,
+        dict(settings.decoder.rates),
+    )
     t0 = time.perf_counter()
     for p in payloads:
-        e = decode_event(p, rates=rates)
-        if not isinstance(e, Normalized):
-            continue
-        f0 = time.perf_counter()
-        row = ref.process_event(
-            e.ts_ms,
-            e.card_id,
-            e.amount_base,
-            e.merchant_id,
-            e.user_id,
-            e.merchant_category,
-            e.country,
-            e.lat,
-            e.lon,
-            _channel_code(e.channel),
-        )
-        f1 = time.perf_counter()
-        raw = session.run(None, {input_name: np.asarray([row], dtype=np.float32)})[0]
-        score = float(np.interp(float(np.ravel(raw)[0]), quantiles, levels))
-        score_seconds += time.perf_counter() - f1
-        feature_seconds += f1 - f0
-        if score >= risk.critical or (score >= scorer.threshold and e.amount_base >= 5000):
-            alerts += 1
-        elif score >= risk.high:
-            alerts += 1
-    total = time.perf_counter() - t0
-    n = len(payloads)
+        base.handle(p)
+    seconds = time.perf_counter() - t0
     return {
-        "events": n,
-        "tx_per_s": n / total,
-        "features_tx_per_s": n / feature_seconds,
-        "score_rows_per_s": n / score_seconds,
+        "events": len(payloads),
+        "tx_per_s": len(payloads) / seconds,
+        "max_abs_score_diff_vs_txfast": max_diff,
     }
 
 
-def _channel_code(name: str | None) -> int:
-    from txfast.contract import CHANNELS
-
-    if not name:
-        return 0
-    return CHANNELS.index(name) + 1 if name in CHANNELS else 6
+def txfast_scores(payloads: list[bytes], settings, scorer: Scorer) -> np.ndarray:
+    decoder = build_decoder(settings)
+    engine = build_engine(settings)
+    out = []
+    for a in range(0, len(payloads), 8192):
+        d = decoder.decode(payloads[a : a + 8192])
+        out.append(scorer.score(engine.process(**d.feature_inputs())))
+    return np.concatenate(out).astype(np.float64)
 
 
 def machine() -> dict:
@@ -239,7 +221,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         log("training the default Isolation Forest (100 trees)")
-        scorer = train_model(settings, decoded, Path(tmp) / "registry")
+        scorer, model = train_model(settings, decoded, Path(tmp) / "registry")
         names = list(build_engine(settings).feature_names)
         rules = RuleEngine(settings.risk, settings.rules, names)
 
@@ -300,11 +282,9 @@ def main() -> None:
         result["rules_rows_per_s"] = median_rate(n, rules_only, args.repeat)
         log(f"baseline: pure Python per event on {args.baseline_events:,} events")
         flat = [p for b in batches for p in b][: args.baseline_events]
-        base = baseline(flat, settings, scorer, Path(tmp) / "registry")
+        base = baseline(flat, settings, scorer, model)
         result["baseline"] = base
         result["ratio"] = result["tx_per_s"] / base["tx_per_s"]
-        result["features_ratio"] = result["features_tx_per_s"] / base["features_tx_per_s"]
-        result["score_ratio"] = result["score_rows_per_s"] / base["score_rows_per_s"]
 
     if not args.skip_state:
         log(
