@@ -17,8 +17,8 @@ echo "== 1/3 simulate $days days of history for $cards cards"
 echo "== 2/3 train an Isolation Forest on features from the Rust core"
 "$txfast" train --data "$dir/history.parquet" --model isolation-forest --registry "$registry" --promote
 echo "== 3/3 score a live simulated stream (the next day) into DuckDB"
-"$txfast" run --source simulate --cards "$cards" --days 1 --seed 2 --start 2026-01-31 \
-  --store "$store" --registry "$registry"
+"$txfast" run --source simulate --cards "$cards" --days 1 --seed 1 --start 2026-01-31 \
+  --warm-from "$dir/history.parquet" --store "$store" --registry "$registry"
 echo
 echo "Most severe alerts:"
 "$txfast" alerts --store "$store" --risk CRITICAL --risk HIGH --limit 5

@@ -153,3 +153,30 @@ def test_every_command_has_help_with_examples(cmd: str) -> None:
     assert "Usage" in r.output
     if cmd != "models":
         assert "Example" in r.output
+
+
+def test_warm_start_equals_one_continuous_replay(history: Path, stream_events, registry, tmp_path):
+    from txfast.sources import SourceBatch
+
+    settings = load_settings(
+        env={}, overrides={"store": f"duckdb:{tmp_path / 'w.duckdb'}", "registry": str(registry)}
+    )
+    warm = Pipeline.from_settings(settings)
+    assert warm.warm(FileSource(history)) > 0
+    got = warm.process(SourceBatch(0, payloads=stream_events), "s").features
+    warm.store.close()
+
+    cold = Pipeline.from_settings(settings.replace(store=f"duckdb:{tmp_path / 'c.duckdb'}"))
+    for batch in FileSource(history):
+        decoded = batch.decode(cold.decoder)
+        cold.engine.process(**decoded.feature_inputs())
+    want = cold.process(SourceBatch(0, payloads=stream_events), "s").features
+    cold.store.close()
+    import numpy as np
+
+    np.testing.assert_array_equal(got, want)
+    fresh = Pipeline.from_settings(settings.replace(store=f"duckdb:{tmp_path / 'f.duckdb'}"))
+    unwarmed = fresh.process(SourceBatch(0, payloads=stream_events), "s").features
+    fresh.store.close()
+    new_merchant = fresh.feature_names.index("card_new_merchant_30d")
+    assert unwarmed[:, new_merchant].sum() > got[:, new_merchant].sum(), "history matters"

@@ -251,6 +251,20 @@ class Pipeline:
         for r in rejected:
             s.rejected_by_reason[r.reason] = s.rejected_by_reason.get(r.reason, 0) + 1
 
+    def warm(self, batches: Iterable[SourceBatch]) -> int:
+        """Replay history into the feature state only (nothing scored or stored).
+
+        Use it to start a scorer with the cards' windows already filled, e.g. from the file the
+        model was trained on. Returns the number of events replayed.
+        """
+        n = 0
+        for batch in batches:
+            decoded = batch.decode(self.decoder)
+            if len(decoded):
+                self.engine.process(**decoded.feature_inputs())
+            n += len(decoded)
+        return n
+
     def run(
         self,
         batches: Iterable[SourceBatch],
