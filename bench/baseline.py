@@ -14,6 +14,7 @@ import math
 from bisect import bisect_right
 from collections import deque
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 WINDOWS = (60_000, 3_600_000, 86_400_000, 604_800_000, 2_592_000_000)
@@ -96,6 +97,8 @@ class PythonBaseline:
         self.users: dict[str, deque] = {}
         self.alerts = 0
         self.rejected = 0
+        self.feature_seconds = 0.0
+        self.score_seconds = 0.0
 
     def calibrate(self, raw: float) -> float:
         xp, fp = self.xp, self.fp
@@ -123,6 +126,7 @@ class PythonBaseline:
         ts = e["timestamp"]
         if isinstance(ts, str):
             ts = int(datetime.fromisoformat(ts).timestamp() * 1000)
+        t0 = perf_counter()
         row = self.features(
             ts,
             e["card_id"],
@@ -135,7 +139,11 @@ class PythonBaseline:
             e.get("lon"),
             e.get("channel"),
         )
+        t1 = perf_counter()
         score = self.calibrate(self.forest.score(row))
+        t2 = perf_counter()
+        self.feature_seconds += t1 - t0
+        self.score_seconds += t2 - t1
         if score >= self.threshold or (score >= 0.95 and e.get("merchant_category") in {"6051"}):
             self.alerts += 1
         return score

@@ -162,11 +162,51 @@ def baseline(payloads: list[bytes], settings, scorer: Scorer, model) -> dict:
     for p in payloads:
         base.handle(p)
     seconds = time.perf_counter() - t0
+    n = len(payloads)
     return {
-        "events": len(payloads),
-        "tx_per_s": len(payloads) / seconds,
+        "events": n,
+        "tx_per_s": n / seconds,
+        "features_tx_per_s": n / base.feature_seconds,
+        "score_rows_per_s": n / base.score_seconds,
         "max_abs_score_diff_vs_txfast": max_diff,
     }
+
+
+def baseline_bytes_per_card(cards: int, days: int, rate: float, seed: int) -> float:
+    """State bytes per card of the baseline's dict/deque state at the same steady state."""
+    import random
+    import tracemalloc
+
+    from baseline import PythonBaseline
+
+    rng = random.Random(seed)
+    base = PythonBaseline.__new__(PythonBaseline)
+    base.cards, base.last_loc, base.merchants, base.users = {}, {}, {}, {}
+    t_start = 1_767_225_600_000
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for d in range(days):
+        day = sorted(
+            (t_start + d * 86_400_000 + rng.randrange(86_400_000), rng.randrange(cards))
+            for _ in range(int(cards * rate))
+        )
+        for ts, c in day:
+            m = (c * 8 + rng.randrange(8)) * 2_654_435_761 % 50_000
+            base.features(
+                ts,
+                f"card_{c}",
+                round(rng.lognormvariate(3.0, 1.0), 2),
+                f"m{m}",
+                f"u{c // 2}",
+                f"{m % 20}",
+                "FR",
+                48.0 + c % 1000 * 0.001,
+                2.0 + c % 1000 * 0.001,
+                "pos",
+            )
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / cards
 
 
 def txfast_scores(payloads: list[bytes], settings, scorer: Scorer) -> np.ndarray:
@@ -283,8 +323,15 @@ def main() -> None:
         log(f"baseline: pure Python per event on {args.baseline_events:,} events")
         flat = [p for b in batches for p in b][: args.baseline_events]
         base = baseline(flat, settings, scorer, model)
+        if not args.skip_state:
+            log("baseline state memory: 5,000 cards x 30 days (tracemalloc)")
+            base["bytes_per_card"] = baseline_bytes_per_card(
+                5_000, args.state_days, args.state_rate, args.seed
+            )
         result["baseline"] = base
         result["ratio"] = result["tx_per_s"] / base["tx_per_s"]
+        result["features_ratio"] = result["features_tx_per_s"] / base["features_tx_per_s"]
+        result["score_ratio"] = result["score_rows_per_s"] / base["score_rows_per_s"]
 
     if not args.skip_state:
         log(
@@ -296,6 +343,10 @@ def main() -> None:
                 settings, args.state_cards, args.state_days, args.state_rate, args.seed
             )
         )
+        if "bytes_per_card" in base:
+            result["baseline_bytes_per_card_ratio"] = (
+                base["bytes_per_card"] / result["bytes_per_card"]
+            )
     result["machine"] = machine()
     if args.json:
         print(json.dumps(result, indent=2))
