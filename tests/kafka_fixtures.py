@@ -1,0 +1,1 @@
+"""Fixtures for a real Apache Kafka broker (see scripts/kafka.sh)."""

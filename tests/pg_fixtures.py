@@ -1,0 +1,1 @@
+"""Fixtures for a real PostgreSQL server (see scripts/postgres.sh)."""
