@@ -175,7 +175,15 @@ def train(
     "--source",
     default="simulate",
     show_default=True,
-    help="`simulate` (a live simulated stream) or `file:PATH` (.jsonl, .csv, .parquet).",
+    help="`simulate` (a live simulated stream), `file:PATH` (.jsonl, .csv, .parquet) or `kafka`.",
+)
+@click.option("--bootstrap", default=None, help="Kafka bootstrap servers (--source kafka).")
+@click.option("--group", default=None, help="Kafka consumer group [default: txfast].")
+@click.option("--topics", default=None, help="Comma-separated topics [transactions_raw].")
+@click.option("--instance", default=None, help="Stable id of this process in the group [0].")
+@click.option("--checkpoint-dir", default=None, help="State checkpoints [var/checkpoints].")
+@click.option(
+    "--idle-exit", type=click.FloatRange(0), default=None, help="Stop after N s without input."
 )
 @click.option("--store", default=None, help="Store URL [default: duckdb:var/txfast.duckdb].")
 @click.option("--registry", type=click.Path(file_okay=False), help="Registry directory.")
@@ -196,6 +204,12 @@ def train(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def run(
     source: str,
+    bootstrap: str | None,
+    group: str | None,
+    topics: str | None,
+    instance: str | None,
+    checkpoint_dir: str | None,
+    idle_exit: float | None,
     store: str | None,
     registry: str | None,
     name: str | None,
@@ -216,11 +230,29 @@ def run(
     Examples:
       txfast run --source simulate --store duckdb:var/txfast.duckdb --registry var/registry
       txfast run --source file:var/stream.jsonl --warm-from var/history.parquet --json
+      txfast run --source kafka --bootstrap 127.0.0.1:9092 --group txfast --topics transactions_raw
+
+    With --source kafka, alerts go to the alerts topic and the store exactly once, state is
+    kept per partition and checkpointed, and SIGTERM drains the batch, commits and
+    checkpoints before exiting.
     """
     from txfast.pipeline import Pipeline, stderr_if_tty
     from txfast.sources import SimulatedSource, open_source
 
     settings = _settings(config, store=store, registry=registry, model_name=name)
+    if source == "kafka":
+        _run_kafka(
+            settings,
+            bootstrap,
+            group,
+            topics,
+            instance,
+            checkpoint_dir,
+            idle_exit,
+            max_events,
+            as_json,
+        )
+        return
     batch = settings.pipeline.batch_size
     src = (
         SimulatedSource(cards=cards, days=days, seed=seed, rate=rate, batch_size=batch, start=start)
@@ -254,6 +286,96 @@ def run(
         )
         click.echo(f"risk levels: {d['by_risk']}")
         click.echo(f"see the alerts: txfast alerts --store {settings.store}")
+
+
+def _run_kafka(
+    settings: Settings,
+    bootstrap: str | None,
+    group: str | None,
+    topics: str | None,
+    instance: str | None,
+    checkpoint_dir: str | None,
+    idle_exit: float | None,
+    max_events: int | None,
+    as_json: bool,
+) -> None:
+    import msgspec
+
+    from txfast.streaming import KafkaScorer
+
+    changes: dict[str, Any] = {}
+    for key, value in (
+        ("bootstrap", bootstrap),
+        ("group", group),
+        ("instance", instance),
+        ("checkpoint_dir", checkpoint_dir),
+    ):
+        if value is not None:
+            changes[key] = value
+    if topics:
+        changes["topics"] = [t.strip() for t in topics.split(",") if t.strip()]
+    settings = settings.replace(kafka=msgspec.structs.replace(settings.kafka, **changes))
+    scorer = KafkaScorer(settings)
+    scorer.install_signal_handlers()
+    stats = scorer.run(max_messages=max_events, idle_timeout_s=idle_exit)
+    if as_json:
+        click.echo(json.dumps(stats.as_dict(), indent=2))
+    else:
+        d = stats.as_dict()
+        click.echo(
+            f"consumed {d['consumed']:,} ({d['replayed']:,} replayed into state), scored "
+            f"{d['scored']:,}, {d['alerts']:,} alerts, {d['rejected']:,} dead letters, "
+            f"{d['transactions']:,} transactions, {d['checkpoints']:,} checkpoints"
+        )
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--bootstrap", required=True, help="Kafka bootstrap servers.")
+@click.option("--topic", default="transactions_raw", show_default=True)
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), help="History file.")
+@click.option("--simulate", "simulated", is_flag=True, help="Produce simulated transactions.")
+@click.option("--cards", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--days", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--start", default="2026-02-01", show_default=True)
+@click.option("--rate", type=click.FloatRange(0), default=0.0, help="Events/s (0: max).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Stop after N events.")
+def produce(
+    bootstrap: str,
+    topic: str,
+    data: str | None,
+    simulated: bool,
+    cards: int,
+    days: int,
+    seed: int,
+    start: str,
+    rate: float,
+    limit: int | None,
+) -> None:
+    """Load a topic at a fixed rate, keyed by card_id (demos and load tests).
+
+    \b
+    Examples:
+      txfast produce --bootstrap 127.0.0.1:9092 --simulate --cards 10000 --days 1 --rate 5000
+      txfast produce --bootstrap 127.0.0.1:9092 --data var/stream.jsonl --topic transactions_raw
+    """
+    from txfast.producer import produce_events
+
+    if bool(data) == simulated:
+        raise click.UsageError("give exactly one of --data PATH or --simulate")
+    n, seconds = produce_events(
+        bootstrap,
+        topic,
+        data=data,
+        simulate={"cards": cards, "days": days, "seed": seed, "start": start}
+        if simulated
+        else None,
+        rate=rate,
+        limit=limit,
+    )
+    click.echo(
+        f"produced {n:,} events to {topic} in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f}/s)"
+    )
 
 
 @main.command(context_settings=CONTEXT)

@@ -22,6 +22,7 @@ __all__ = [
     "ENV_VARS",
     "DecoderSettings",
     "FeatureSettings",
+    "KafkaSettings",
     "PipelineSettings",
     "RiskSettings",
     "Rule",
@@ -92,6 +93,23 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     linger_ms: int = 50
     history: str = "all"  # all | alerts | none
     store_features: str = "alerts"  # alerts | none
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Kafka source and sinks (``txfast run --source kafka``)."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    group: str = "txfast"
+    topics: list[str] = msgspec.field(default_factory=lambda: ["transactions_raw"])
+    alerts_topic: str = "transactions_anomalies"
+    dlq_topic: str = "transactions_dlq"
+    features_topic: str | None = None
+    instance: str = "0"  # stable per process: the transactional id is GROUP-INSTANCE
+    checkpoint_dir: str = "var/checkpoints"
+    checkpoint_interval_s: float = 30.0
+    transaction_timeout_ms: int = 30_000
+    consumer: dict[str, str] = msgspec.field(default_factory=dict)  # extra librdkafka settings
+    producer: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -171,6 +189,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     features: FeatureSettings = msgspec.field(default_factory=FeatureSettings)
     pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
     risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     rules: list[Rule] = msgspec.field(default_factory=_default_rules)
 
     def replace(self, **changes: Any) -> Settings:
@@ -184,6 +203,7 @@ ENV_VARS: dict[str, str] = {
     "TXFAST_REGISTRY": "model registry directory",
     "TXFAST_MODEL_NAME": "model name in the registry",
     "TXFAST_BATCH_SIZE": "micro-batch size",
+    "TXFAST_KAFKA_BOOTSTRAP": "Kafka bootstrap servers (`HOST:PORT[,HOST:PORT]`)",
 }
 """The environment variables txfast reads, and nothing else."""
 
@@ -227,6 +247,8 @@ def load_settings(
         except ValueError:
             raise ConfigError("TXFAST_BATCH_SIZE must be an integer") from None
         data.setdefault("pipeline", {})["batch_size"] = batch
+    if env.get("TXFAST_KAFKA_BOOTSTRAP"):
+        data.setdefault("kafka", {})["bootstrap"] = env["TXFAST_KAFKA_BOOTSTRAP"]
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

@@ -54,16 +54,20 @@ class Rejected:
     """A payload that failed validation.
 
     Attributes:
-        index: Position of the payload in the decoded batch (line number for files).
+        index: Position of the payload in its source (line number for files, offset for
+            Kafka); relative to the decoded batch until the pipeline makes it absolute.
         reason: Stable reason code (see :data:`txfast.contract.REJECT_REASONS`).
         message: Human-readable explanation.
         payload: The original bytes (card numbers masked, see :func:`mask_pan`).
+        source: Where it came from when a batch mixes sources (``kafka:TOPIC/PARTITION``);
+            empty means the batch's source.
     """
 
     index: int
     reason: str
     message: str
     payload: bytes
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,15 @@ class DecodedBatch:
 
     def __len__(self) -> int:
         return len(self.columns["index"])
+
+    def take(self, rows: np.ndarray) -> DecodedBatch:
+        """The accepted rows at positions ``rows`` (rejects are not carried over)."""
+        idx = pa.array(rows, type=pa.int64())
+        cols = {
+            k: (v.take(idx) if isinstance(v, pa.Array) else v[rows])
+            for k, v in self.columns.items()
+        }
+        return DecodedBatch(cols, [], len(rows))
 
     def feature_inputs(self) -> dict[str, np.ndarray]:
         """The keyword arguments of :meth:`txfast.features.FeatureEngine.process`."""

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from txfast.config import Settings, parse_duration_ms
-from txfast.decode import DecodedBatch, Decoder
+from txfast.decode import DecodedBatch, Decoder, Rejected
 from txfast.features import FeatureEngine
 from txfast.rules import LEVELS, Decisions, RuleEngine
 from txfast.scoring import Scorer
@@ -146,17 +146,33 @@ class Pipeline:
         decoded = batch.decode(self.decoder)
         if batch.position:
             rejected = [
-                type(r)(r.index + batch.position, r.reason, r.message, r.payload)
+                Rejected(r.index + batch.position, r.reason, r.message, r.payload)
                 for r in decoded.rejected
             ]
         else:
             rejected = decoded.rejected
-        c = decoded.columns
-        n = len(decoded)
-        if n:
+        if len(decoded):
             features = self.engine.process(**decoded.feature_inputs())
         else:
             features = np.zeros((0, len(self.feature_names)), dtype=np.float32)
+        return self.finish(decoded, features, rejected, source)
+
+    def finish(
+        self,
+        decoded: DecodedBatch,
+        features: np.ndarray,
+        rejected: list[Rejected],
+        source: str,
+    ) -> BatchResult:
+        """Score, decide and store featurised rows (durable on return).
+
+        Args:
+            decoded: The accepted rows.
+            features: Their feature matrix (same row order).
+            rejected: Dead letters of the batch, positions already absolute.
+            source: Source name, the dead letters' default key.
+        """
+        c = decoded.columns
         scored = self.scorer.score_batch(features)
         scores = scored.score
         decisions = self.rules.apply(

@@ -148,7 +148,7 @@ class DuckDBStore(Store):
                 if batch.dead_letters:
                     dl = pa.table(
                         {
-                            "source": [batch.source] * len(batch.dead_letters),
+                            "source": [r.source or batch.source for r in batch.dead_letters],
                             "position": [r.index for r in batch.dead_letters],
                             "reason": [r.reason for r in batch.dead_letters],
                             "message": [r.message for r in batch.dead_letters],
