@@ -75,8 +75,11 @@ def open_store(url: str, **options: Any) -> Store:
     """Open a store from its URL.
 
     Args:
-        url: ``duckdb:PATH`` (``duckdb::memory:`` for a throw-away store).
-        **options: Backend options.
+        url: ``duckdb:PATH`` (``duckdb::memory:`` for a throw-away store), or a PostgreSQL URL
+            ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?PARAMS]`` (``postgres://`` also
+            accepted).
+        **options: Backend options (see :class:`~txfast.store.duckdb_store.DuckDBStore` and
+            :class:`~txfast.store.postgres_store.PostgresStore`).
 
     Raises:
         StoreError: For unknown schemes or when the store cannot be opened.
@@ -85,4 +88,10 @@ def open_store(url: str, **options: Any) -> Store:
         from txfast.store.duckdb_store import DuckDBStore
 
         return DuckDBStore(url[len("duckdb:") :], **options)
-    raise StoreError(f"unsupported store URL {url!r}; use duckdb:PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        from txfast.store.postgres_store import PostgresStore
+
+        return PostgresStore(url, **options)
+    raise StoreError(
+        f"unsupported store URL {url!r}; use duckdb:PATH or postgresql://USER@HOST:PORT/DBNAME"
+    )

@@ -1,0 +1,275 @@
+"""The Kafka scorer against a real broker: exactly-once alerts, checkpoints, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from txfast.config import load_settings
+from txfast.pipeline import Pipeline
+from txfast.sources import SourceBatch
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 3
+
+
+def partition_of(card: str, partitions: int) -> int:
+    """The test's own partitioner (explicit partitions make the expected run exact)."""
+    return zlib.crc32(card.encode()) % partitions
+
+
+BAD = [
+    b"",
+    b"{not json",
+    b"\xff\xfe\x00",
+    b'{"transaction_id": "w1", "timestamp": "soon", "card_id": "c", "amount": 1, '
+    b'"currency": "EUR", "merchant_id": "m"}',
+    b'{"transaction_id": "w2", "card_id": "c", "amount": 1}',
+    b'{"transaction_id": "w3", "timestamp": 1767225600000, "card_id": "4539148803436467", '
+    b'"amount": 1, "currency": "EUR", "merchant_id": "m"}',
+    b"[1, 2, 3]",
+]
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory) -> list[tuple[bytes, bytes | None, int]]:
+    """(payload, key, partition) in produce order: simulated events plus bad ones."""
+    from txfast.simulate import iter_json_batches, simulate
+
+    n = int(os.environ.get("TXFAST_KAFKA_TEST_EVENTS", "200000"))
+    table = simulate(max(200, n // 60), 30, seed=11, start="2026-01-01").slice(0, n)
+    cards = table["card_id"].to_pylist()
+    out = []
+    k = 0
+    rng = random.Random(5)
+    for batch in iter_json_batches(table, 8192):
+        for payload in batch:
+            card = cards[k]
+            k += 1
+            out.append((payload, card.encode(), partition_of(card, PARTITIONS)))
+            if rng.random() < 0.001:
+                bad = BAD[rng.randrange(len(BAD))]
+                out.append((bad, None, rng.randrange(PARTITIONS)))
+    return out
+
+
+def create_topics(bootstrap: str, names: dict[str, int]) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    client = AdminClient({"bootstrap.servers": bootstrap})  # alive until the futures resolve
+    futures = client.create_topics(
+        [
+            NewTopic(
+                t,
+                num_partitions=p,
+                replication_factor=1,
+                config={"max.message.bytes": str(16 << 20)},
+            )
+            for t, p in names.items()
+        ]
+    )
+    for f in futures.values():
+        f.result(30)
+
+
+def load_topic(bootstrap: str, topic: str, events) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "enable.idempotence": True,  # keeps each partition in produce order
+            "message.max.bytes": 16 << 20,
+        }
+    )
+    for payload, key, part in events:
+        while True:
+            try:
+                p.produce(topic, value=payload, key=key, partition=part)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(60) == 0
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "fetch.message.max.bytes": 16 << 20,
+        }
+    )
+    c.subscribe([topic])
+    out = []
+    idle = time.monotonic()
+    while time.monotonic() - idle < timeout:
+        msgs = c.consume(10000, 0.5)
+        good = [m for m in msgs if m.error() is None]
+        if good:
+            idle = time.monotonic()
+            out.extend(good)
+    c.close()
+    return out
+
+
+def expected_run(events, registry: Path, tmp_path: Path):
+    """The in-memory run: one engine per partition, partitions in produce order."""
+    settings = load_settings(
+        env={},
+        overrides={"store": f"duckdb:{tmp_path / 'expected.duckdb'}", "registry": str(registry)},
+    )
+    pipe = Pipeline.from_settings(settings)
+    engines = {}
+    alerts = {}
+    rejected = []
+    for part in range(PARTITIONS):
+        payloads = [p for p, _, q in events if q == part]
+        from txfast.pipeline import build_engine
+
+        engines[part] = pipe.engine = build_engine(settings)
+        for a in range(0, len(payloads), 8192):
+            r = pipe.process(SourceBatch(0, payloads=payloads[a : a + 8192]), f"p{part}")
+            t = r.stored.alerts
+            for tid, feats in zip(
+                t["transaction_id"].to_pylist(), t["features"].to_pylist(), strict=True
+            ):
+                alerts[tid] = feats
+            rejected.extend(x.reason for x in r.decoded.rejected)
+    pipe.store.close()
+    return alerts, sorted(rejected)
+
+
+def kafka_settings(tmp_path: Path, registry: Path, bootstrap: str, topic: str, group: str, **kafka):
+    return load_settings(
+        env={},
+        overrides={
+            "store": f"duckdb:{tmp_path / (kafka.get('instance', '0') + '.duckdb')}",
+            "registry": str(registry),
+            "kafka": {
+                "bootstrap": bootstrap,
+                "group": group,
+                "topics": [topic],
+                "alerts_topic": f"{topic}-alerts",
+                "dlq_topic": f"{topic}-dlq",
+                "checkpoint_dir": str(tmp_path / "checkpoints"),
+                "checkpoint_interval_s": 1.0,
+                "transaction_timeout_ms": 10000,
+                **kafka,
+            },
+        },
+    )
+
+
+def store_alerts(path: Path) -> dict[str, list[float]]:
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    rows = con.execute("SELECT transaction_id, features FROM alerts").fetchall()
+    con.close()
+    return dict(rows)
+
+
+def check_outputs(bootstrap: str, topic: str, stores: list[Path], expected, expected_rejects):
+    topic_alerts = read_all(bootstrap, f"{topic}-alerts")
+    ids = [json.loads(m.value())["transaction_id"] for m in topic_alerts]
+    assert len(ids) == len(set(ids)), "an alert was published twice"
+    assert set(ids) == set(expected), "alerts topic differs from the in-memory run"
+    stored: dict[str, list[float]] = {}
+    for s in stores:
+        stored.update(store_alerts(s))
+    assert set(stored) == set(expected), "alerts store differs from the in-memory run"
+    for tid, feats in expected.items():
+        np.testing.assert_allclose(stored[tid], feats, rtol=0, atol=0, err_msg=tid)
+    dlq = read_all(bootstrap, f"{topic}-dlq", timeout=3.0)
+    reasons = sorted(dict(m.headers())["reason"].decode() for m in dlq)
+    assert reasons == expected_rejects
+
+
+def test_stream_equals_in_memory_run(kafka_broker, events, registry, tmp_path):
+    from txfast.streaming import KafkaScorer
+
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        kafka_broker.bootstrap, {topic: PARTITIONS, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    )
+    load_topic(kafka_broker.bootstrap, topic, events)
+    expected, expected_rejects = expected_run(events, registry, tmp_path)
+    settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
+    stats = KafkaScorer(settings).run(idle_timeout_s=5)
+    print(stats.as_dict())
+    assert stats.consumed == len(events)
+    check_outputs(
+        kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
+    )
+
+
+def run_cli(settings_path: Path, log: Path, instance: str = "0") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "txfast.cli", "run", "--source", "kafka"]
+    cmd += ["--config", str(settings_path), "--instance", instance, "--idle-exit", "6", "--json"]
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def write_settings(path: Path, settings, batch_size: int = 2000) -> Path:
+    k = settings.kafka
+    path.write_text(
+        f"""store = "{settings.store}"
+registry = "{settings.registry}"
+[pipeline]
+batch_size = {batch_size}
+[kafka]
+bootstrap = "{k.bootstrap}"
+group = "{k.group}"
+topics = {json.dumps(k.topics)}
+alerts_topic = "{k.alerts_topic}"
+dlq_topic = "{k.dlq_topic}"
+checkpoint_dir = "{k.checkpoint_dir}"
+checkpoint_interval_s = {k.checkpoint_interval_s}
+transaction_timeout_ms = {k.transaction_timeout_ms}
+"""
+    )
+    return path
+
+
+def test_sigkill_three_times_loses_and_doubles_nothing(kafka_broker, events, registry, tmp_path):
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        kafka_broker.bootstrap, {topic: PARTITIONS, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    )
+    load_topic(kafka_broker.bootstrap, topic, events)
+    expected, expected_rejects = expected_run(events, registry, tmp_path)
+    settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
+    cfg = write_settings(tmp_path / "txfast.toml", settings)
+    rng = random.Random(7)
+    log = tmp_path / "scorer.log"
+    for _ in range(3):
+        proc = run_cli(cfg, log)
+        time.sleep(rng.uniform(4.0, 9.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    proc = run_cli(cfg, log)
+    proc.wait(600)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    print(log.read_text()[-1500:])
+    check_outputs(
+        kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
+    )
