@@ -258,18 +258,22 @@ def test_sigkill_three_times_loses_and_doubles_nothing(kafka_broker, events, reg
     load_topic(kafka_broker.bootstrap, topic, events)
     expected, expected_rejects = expected_run(events, registry, tmp_path)
     settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
-    cfg = write_settings(tmp_path / "txfast.toml", settings)
+    cfg = write_settings(tmp_path / "txfast.toml", settings, batch_size=200)
     rng = random.Random(7)
     log = tmp_path / "scorer.log"
+    progress = []
     for _ in range(3):
         proc = run_cli(cfg, log)
-        time.sleep(rng.uniform(4.0, 9.0))
+        time.sleep(rng.uniform(3.0, 7.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
+        progress.append(len(read_all(kafka_broker.bootstrap, f"{topic}-alerts", timeout=2.0)))
+    assert min(progress) < len(expected), f"no kill landed mid-run: {progress}"
     proc = run_cli(cfg, log)
     proc.wait(600)
     assert proc.returncode == 0, log.read_text()[-3000:]
-    print(log.read_text()[-1500:])
+    final = json.loads(log.read_text()[log.read_text().rindex("{\n") :])
+    assert final["restores"] > 0, final
     check_outputs(
         kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
     )

@@ -163,6 +163,8 @@ class KafkaScorer:
         consumer_conf = {
             "bootstrap.servers": self.k.bootstrap,
             "group.id": self.k.group,
+            # Static membership: a restarted instance takes its partitions back at once.
+            "group.instance.id": f"txfast-{self.k.group}-{self.k.instance}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
@@ -209,8 +211,9 @@ class KafkaScorer:
         try:
             while not self._stop.is_set():
                 msgs = self.consumer.consume(batch_size, linger)
-                if msgs:
+                if msgs or not self.partitions:  # idle only counts once partitions are ours
                     idle_since = time.monotonic()
+                if msgs:
                     self._process(msgs)
                 elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
                     break
@@ -360,7 +363,7 @@ class KafkaScorer:
         result = pipe.finish(live_decoded, features[live_acc], rejected, "kafka")
         for attempt in range(1, 11):
             try:
-                self._transaction(result, live_decoded, rejected, next_offsets)
+                self._transaction(result, live_decoded, rejected, next_offsets, good)
                 break
             except KafkaException as e:
                 kerr = e.args[0]
@@ -398,6 +401,7 @@ class KafkaScorer:
         decoded: DecodedBatch,
         rejected: list[Rejected],
         next_offsets: dict[tuple[str, int], int],
+        msgs: Sequence[Any],
     ) -> None:
         from confluent_kafka import TopicPartition
 
@@ -406,8 +410,14 @@ class KafkaScorer:
         alerts = result.stored.alerts
         if alerts.num_rows:
             cards = alerts["card_id"].to_pylist()
-            for card, value in zip(cards, _alert_json(alerts), strict=True):
-                _produce(p, self.k.alerts_topic, value, card.encode())
+            # Each alert carries its source message's Kafka timestamp, for end-to-end latency.
+            rows = np.flatnonzero(result.decisions.is_alert)
+            sources = decoded.columns["index"][rows].tolist()
+            for card, value, i in zip(cards, _alert_json(alerts), sources, strict=True):
+                stamp = str(msgs[i].timestamp()[1]).encode()
+                _produce(
+                    p, self.k.alerts_topic, value, card.encode(), [("source_timestamp", stamp)]
+                )
         for r in rejected:
             topic, _, partition = r.source[len("kafka:") :].rpartition("/")
             _produce(
@@ -472,4 +482,3 @@ def _alert_json(alerts: pa.Table) -> list[bytes]:
     t = t.set_column(1, "ts", pa.compute.cast(t["ts"], pa.int64()))
     enc = msgspec.json.Encoder()
     return [enc.encode(row) for row in t.to_pylist()]
-

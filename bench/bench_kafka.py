@@ -1,0 +1,319 @@
+"""Kafka benchmark against the repository's local broker (scripts/kafka.sh).
+
+    python bench/bench_kafka.py --json
+
+- ``drain_tx_per_s``: preload ``--events`` (2,000,000) transactions into a 6-partition
+  topic, then one txfast process scores them all (alerts to Kafka and DuckDB, exactly once).
+- ``bare_consume_tx_per_s``: a bare confluent-kafka consumer loop reading the same topic in
+  the same run (the physical limit here); ``drain_vs_bare`` is their ratio.
+- ``latency``: for offered loads of 1,000, 10,000 and 50,000 tx/s for ``--seconds`` (60)
+  each: p50/p95/p99/max from the transaction's Kafka timestamp to the moment a
+  ``read_committed`` consumer receives its alert (only alerts are published, so the samples
+  are the alerted transactions).
+
+``TXFAST_KAFKA_BOOTSTRAP`` points it at an existing broker instead of starting one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str) -> None:
+    print(f"[bench_kafka] {msg}", file=sys.stderr, flush=True)
+
+
+def broker() -> tuple[str, bool]:
+    if os.environ.get("TXFAST_KAFKA_BOOTSTRAP"):
+        return os.environ["TXFAST_KAFKA_BOOTSTRAP"], False
+    env = {**os.environ, "TXFAST_KAFKA_DIR": tempfile.mkdtemp(prefix="txfast-bench-kafka-")}
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/kafka.sh"), "start"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    os.environ["TXFAST_KAFKA_DIR"] = env["TXFAST_KAFKA_DIR"]
+    return out.stdout.strip().splitlines()[-1], True
+
+
+def stop_broker() -> None:
+    subprocess.run(["bash", str(ROOT / "scripts/kafka.sh"), "stop"], check=False)
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    client = AdminClient({"bootstrap.servers": bootstrap})
+    fs = client.create_topics(
+        [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()]
+    )
+    for f in fs.values():
+        f.result(30)
+
+
+def payloads(events: int, seed: int) -> list[tuple[bytes, bytes]]:
+    from txfast.simulate import iter_json_batches, simulate
+
+    cards = max(1000, events // 90)
+    table = simulate(cards, 30, seed, start="2026-01-01").slice(0, events)
+    ids = table["card_id"].to_pylist()
+    out = []
+    k = 0
+    for batch in iter_json_batches(table, 8192):
+        for p in batch:
+            out.append((p, ids[k].encode()))
+            k += 1
+    return out
+
+
+def producer(bootstrap: str):
+    from confluent_kafka import Producer
+
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+
+
+def preload(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> float:
+    p = producer(bootstrap)
+    t0 = time.perf_counter()
+    for value, key in events:
+        while True:
+            try:
+                p.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                p.poll(0.01)
+    assert p.flush(120) == 0
+    return len(events) / (time.perf_counter() - t0)
+
+
+def bare_consume(bootstrap: str, topic: str, n: int) -> float:
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bare-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    got = 0
+    t0 = None
+    while got < n:
+        msgs = c.consume(8192, 1.0)
+        if msgs and t0 is None:
+            t0 = time.perf_counter()
+        got += sum(1 for m in msgs if m.error() is None)
+    seconds = time.perf_counter() - (t0 or time.perf_counter())
+    c.close()
+    return n / seconds
+
+
+def settings_for(tmp: Path, registry: Path, bootstrap: str, topic: str, linger_ms: int):
+    from txfast.config import load_settings
+
+    return load_settings(
+        env={},
+        overrides={
+            "store": f"duckdb:{tmp / (topic + '.duckdb')}",
+            "registry": str(registry),
+            "pipeline": {"batch_size": 8192, "linger_ms": linger_ms},
+            "kafka": {
+                "bootstrap": bootstrap,
+                "group": f"g-{topic}",
+                "topics": [topic],
+                "alerts_topic": f"{topic}-alerts",
+                "dlq_topic": f"{topic}-dlq",
+                "checkpoint_dir": str(tmp / "checkpoints"),
+                "checkpoint_interval_s": 30.0,
+                "consumer": {"fetch.wait.max.ms": "5"},
+            },
+        },
+    )
+
+
+def train(tmp: Path, events: list[tuple[bytes, bytes]]) -> Path:
+    from txfast.config import load_settings
+    from txfast.pipeline import build_decoder, build_engine
+    from txfast.registry import Registry
+    from txfast.training.isolation_forest import train_isolation_forest
+
+    settings = load_settings(env={})
+    decoder, engine = build_decoder(settings), build_engine(settings)
+    sample = [p for p, _ in events[:300_000]]
+    X = np.concatenate(
+        [
+            engine.process(**decoder.decode(sample[a : a + 8192]).feature_inputs())
+            for a in range(0, len(sample), 8192)
+        ]
+    )
+    trained = train_isolation_forest(X, list(engine.feature_names), engine.feature_version)
+    root = tmp / "registry"
+    Registry(root).register("default", trained.onnx_bytes, trained.metadata, promote=True)
+    return root
+
+
+def drain(bootstrap: str, tmp: Path, registry: Path, topic: str, n: int) -> float:
+    from txfast.streaming import KafkaScorer
+
+    create_topics(bootstrap, {f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    scorer = KafkaScorer(settings_for(tmp, registry, bootstrap, topic, linger_ms=100))
+    start: list[float] = []
+
+    def first_batch(s: KafkaScorer) -> None:
+        if not start:
+            start.append(time.perf_counter())
+
+    scorer.on_batch = first_batch
+    t0 = time.perf_counter()
+    stats = scorer.run(max_messages=n, idle_timeout_s=30)
+    log(f"drain stats: {stats.as_dict()}")
+    return stats.consumed / (time.perf_counter() - t0 - 0.0)
+
+
+def latency(
+    bootstrap: str, tmp: Path, registry: Path, rate: int, seconds: float, events
+) -> dict[str, float]:
+    from confluent_kafka import Consumer
+
+    from txfast.streaming import KafkaScorer
+
+    topic = f"lat-{rate}-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, {topic: 6, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    scorer = KafkaScorer(settings_for(tmp, registry, bootstrap, topic, linger_ms=2))
+    runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout_s": 10}, daemon=True)
+    runner.start()
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lat-reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 1,
+            "enable.auto.commit": False,
+        }
+    )
+    reader.subscribe([f"{topic}-alerts"])
+    samples: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for m in reader.consume(1000, 0.05):
+                if m.error() is None:
+                    now = time.time() * 1000
+                    stamp = dict(m.headers() or [])[("source_timestamp")]
+                    samples.append(now - int(stamp))
+
+    rt = threading.Thread(target=read, daemon=True)
+    rt.start()
+    time.sleep(3)  # group joins before the load starts
+    p = producer(bootstrap)
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        value, key = events[i % len(events)]
+        while True:
+            try:
+                p.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i % 100 == 0:
+            p.poll(0)
+    p.flush(60)
+    time.sleep(3)
+    scorer.stop()
+    runner.join(60)
+    done.set()
+    rt.join(5)
+    reader.close()
+    if not samples:
+        return {
+            "p50_ms": float("nan"),
+            "p95_ms": float("nan"),
+            "p99_ms": float("nan"),
+            "max_ms": float("nan"),
+            "samples": 0,
+        }
+    a = np.asarray(samples)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+        "samples": len(a),
+        "offered_tx_per_s": rate,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--rates", default="1000,10000,50000")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    bootstrap, started = broker()
+    log(f"broker at {bootstrap}")
+    result: dict = {"events": args.events}
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            log(f"simulating {args.events:,} events")
+            events = payloads(args.events, args.seed)
+            registry = train(tmp, events)
+            topic = f"drain-{uuid.uuid4().hex[:6]}"
+            create_topics(bootstrap, {topic: 6})
+            log("preloading the topic")
+            result["preload_tx_per_s"] = preload(bootstrap, topic, events)
+            log("bare consumer")
+            result["bare_consume_tx_per_s"] = bare_consume(bootstrap, topic, len(events))
+            log("txfast drain")
+            result["drain_tx_per_s"] = drain(bootstrap, tmp, registry, topic, len(events))
+            result["drain_vs_bare"] = result["drain_tx_per_s"] / result["bare_consume_tx_per_s"]
+            result["latency"] = {}
+            for rate in (int(r) for r in args.rates.split(",")):
+                log(f"latency at {rate:,} tx/s for {args.seconds:.0f} s")
+                result["latency"][str(rate)] = latency(
+                    bootstrap, tmp, registry, rate, args.seconds, events
+                )
+    finally:
+        if started:
+            stop_broker()
+    print(json.dumps(result, indent=2) if args.json else result)
+
+
+if __name__ == "__main__":
+    main()
