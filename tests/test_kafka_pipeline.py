@@ -25,11 +25,6 @@ pytestmark = pytest.mark.kafka
 PARTITIONS = 3
 
 
-def partition_of(card: str, partitions: int) -> int:
-    """The test's own partitioner (explicit partitions make the expected run exact)."""
-    return zlib.crc32(card.encode()) % partitions
-
-
 BAD = [
     b"",
     b"{not json",
@@ -58,10 +53,10 @@ def events(tmp_path_factory) -> list[tuple[bytes, bytes | None, int]]:
         for payload in batch:
             card = cards[k]
             k += 1
-            out.append((payload, card.encode(), partition_of(card, PARTITIONS)))
+            out.append((payload, card.encode(), zlib.crc32(card.encode())))
             if rng.random() < 0.001:
                 bad = BAD[rng.randrange(len(BAD))]
-                out.append((bad, None, rng.randrange(PARTITIONS)))
+                out.append((bad, None, rng.randrange(1 << 30)))
     return out
 
 
@@ -84,7 +79,7 @@ def create_topics(bootstrap: str, names: dict[str, int]) -> None:
         f.result(30)
 
 
-def load_topic(bootstrap: str, topic: str, events) -> None:
+def load_topic(bootstrap: str, topic: str, events, partitions: int = PARTITIONS) -> None:
     from confluent_kafka import Producer
 
     p = Producer(
@@ -95,7 +90,8 @@ def load_topic(bootstrap: str, topic: str, events) -> None:
             "message.max.bytes": 16 << 20,
         }
     )
-    for payload, key, part in events:
+    for payload, key, salt in events:
+        part = salt % partitions
         while True:
             try:
                 p.produce(topic, value=payload, key=key, partition=part)
@@ -131,7 +127,7 @@ def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list:
     return out
 
 
-def expected_run(events, registry: Path, tmp_path: Path):
+def expected_run(events, registry: Path, tmp_path: Path, partitions: int = PARTITIONS):
     """The in-memory run: one engine per partition, partitions in produce order."""
     settings = load_settings(
         env={},
@@ -141,8 +137,8 @@ def expected_run(events, registry: Path, tmp_path: Path):
     engines = {}
     alerts = {}
     rejected = []
-    for part in range(PARTITIONS):
-        payloads = [p for p, _, q in events if q == part]
+    for part in range(partitions):
+        payloads = [p for p, _, salt in events if salt % partitions == part]
         from txfast.pipeline import build_engine
 
         engines[part] = pipe.engine = build_engine(settings)
@@ -222,14 +218,18 @@ def test_stream_equals_in_memory_run(kafka_broker, events, registry, tmp_path):
     )
 
 
-def run_cli(settings_path: Path, log: Path, instance: str = "0") -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "txfast.cli", "run", "--source", "kafka"]
-    cmd += ["--config", str(settings_path), "--instance", instance, "--idle-exit", "6", "--json"]
+def run_cli(
+    settings_path: Path, log: Path, instance: str = "0", idle_exit: float = 6.0
+) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "txfast.cli", "run", "--source", "kafka", "--json"]
+    cmd += ["--config", str(settings_path), "--instance", instance, "--idle-exit", str(idle_exit)]
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
-def write_settings(path: Path, settings, batch_size: int = 2000) -> Path:
+def write_settings(
+    path: Path, settings, batch_size: int = 2000, consumer: dict[str, str] | None = None
+) -> Path:
     k = settings.kafka
     path.write_text(
         f"""store = "{settings.store}"
@@ -245,7 +245,8 @@ dlq_topic = "{k.dlq_topic}"
 checkpoint_dir = "{k.checkpoint_dir}"
 checkpoint_interval_s = {k.checkpoint_interval_s}
 transaction_timeout_ms = {k.transaction_timeout_ms}
-"""
+[kafka.consumer]
+{"".join(f'"{a}" = "{b}"' + chr(10) for a, b in (consumer or {}).items())}"""
     )
     return path
 
@@ -274,6 +275,76 @@ def test_sigkill_three_times_loses_and_doubles_nothing(kafka_broker, events, reg
     assert proc.returncode == 0, log.read_text()[-3000:]
     final = json.loads(log.read_text()[log.read_text().rindex("{\n") :])
     assert final["restores"] > 0, final
+    check_outputs(
+        kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
+    )
+
+
+def test_two_processes_split_the_load_and_survive_losing_one(
+    kafka_broker, events, registry, tmp_path
+):
+    partitions = 6
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        kafka_broker.bootstrap, {topic: partitions, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    )
+    load_topic(kafka_broker.bootstrap, topic, events, partitions)
+    expected, expected_rejects = expected_run(events, registry, tmp_path, partitions)
+    stores = []
+    procs = {}
+    for instance in ("a", "b"):
+        settings = kafka_settings(
+            tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}", instance=instance
+        )
+        cfg = write_settings(
+            tmp_path / f"{instance}.toml",
+            settings,
+            batch_size=200,
+            consumer={"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"},
+        )
+        stores.append(tmp_path / f"{instance}.duckdb")
+        # Idle long enough for the group to notice the lost member (session timeout 6 s).
+        procs[instance] = run_cli(
+            cfg, tmp_path / f"{instance}.log", instance=instance, idle_exit=20.0
+        )
+    time.sleep(6.0)
+    procs["a"].send_signal(signal.SIGKILL)
+    procs["a"].wait(30)
+    procs["b"].wait(600)
+    log_b = (tmp_path / "b.log").read_text()
+    assert procs["b"].returncode == 0, log_b[-3000:]
+    final = json.loads(log_b[log_b.rindex("{\n") :])
+    assert final["scored"] > 0
+    check_outputs(kafka_broker.bootstrap, topic, stores, expected, expected_rejects)
+
+
+def test_broker_restart_mid_run_loses_and_doubles_nothing(kafka_broker, events, registry, tmp_path):
+    import threading
+
+    from txfast.streaming import KafkaScorer
+
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        kafka_broker.bootstrap, {topic: PARTITIONS, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    )
+    load_topic(kafka_broker.bootstrap, topic, events)
+    expected, expected_rejects = expected_run(events, registry, tmp_path)
+    settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
+    settings = settings.replace(pipeline=settings.pipeline.__class__(batch_size=200))
+    scorer = KafkaScorer(settings)
+    result = {}
+    t = threading.Thread(
+        target=lambda: result.update(stats=scorer.run(idle_timeout_s=20)), daemon=True
+    )
+    t.start()
+    time.sleep(3.0)
+    kafka_broker.stop(keep=True)
+    time.sleep(5.0)
+    kafka_broker.start()
+    t.join(600)
+    assert not t.is_alive()
+    stats = result["stats"]
+    assert stats.consumed >= len(events)
     check_outputs(
         kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
     )
