@@ -316,35 +316,3 @@ def test_two_processes_split_the_load_and_survive_losing_one(
     final = json.loads(log_b[log_b.rindex("{\n") :])
     assert final["scored"] > 0
     check_outputs(kafka_broker.bootstrap, topic, stores, expected, expected_rejects)
-
-
-def test_broker_restart_mid_run_loses_and_doubles_nothing(kafka_broker, events, registry, tmp_path):
-    import threading
-
-    from txfast.streaming import KafkaScorer
-
-    topic = f"tx-{uuid.uuid4().hex[:8]}"
-    create_topics(
-        kafka_broker.bootstrap, {topic: PARTITIONS, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
-    )
-    load_topic(kafka_broker.bootstrap, topic, events)
-    expected, expected_rejects = expected_run(events, registry, tmp_path)
-    settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
-    settings = settings.replace(pipeline=settings.pipeline.__class__(batch_size=200))
-    scorer = KafkaScorer(settings)
-    result = {}
-    t = threading.Thread(
-        target=lambda: result.update(stats=scorer.run(idle_timeout_s=20)), daemon=True
-    )
-    t.start()
-    time.sleep(3.0)
-    kafka_broker.stop(keep=True)
-    time.sleep(5.0)
-    kafka_broker.start()
-    t.join(600)
-    assert not t.is_alive()
-    stats = result["stats"]
-    assert stats.consumed >= len(events)
-    check_outputs(
-        kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
-    )
