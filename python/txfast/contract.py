@@ -16,6 +16,7 @@ import msgspec
 
 __all__ = [
     "CHANNELS",
+    "CONTRACT_FIELDS",
     "MAX_TS_MS",
     "MIN_TS_MS",
     "REJECT_REASONS",
@@ -27,6 +28,24 @@ __all__ = [
 
 CHANNELS = ("pos", "ecom", "atm", "moto", "transfer", "other")
 """Known channels; any other value is kept as is and coded as ``other`` for features."""
+
+CONTRACT_FIELDS: tuple[str, ...] = (
+    "transaction_id",
+    "timestamp",
+    "card_id",
+    "user_id",
+    "amount",
+    "currency",
+    "merchant_id",
+    "merchant_category",
+    "country",
+    "lat",
+    "lon",
+    "channel",
+    "device_id",
+    "label",
+)
+"""Fields of the event contract, in the order they are written to JSON."""
 
 REJECT_REASONS = (
     "empty_message",

@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from txfast import _simkernels as K
+from txfast.contract import CONTRACT_FIELDS
 
 __all__ = [
     "CHANNELS",
@@ -86,23 +87,6 @@ CHANNELS: tuple[str, ...] = ("pos", "ecom", "atm", "moto", "transfer")
 CURRENCIES: tuple[str, ...] = ("EUR", "USD", "GBP", "CHF", "SEK")
 #: Units of each currency per euro; amounts are generated in euro and converted with these.
 EUR_RATES: dict[str, float] = {"EUR": 1.0, "USD": 1.08, "GBP": 0.85, "CHF": 0.94, "SEK": 11.3}
-#: Event contract fields, in the order they are written to JSON.
-CONTRACT_FIELDS: tuple[str, ...] = (
-    "transaction_id",
-    "timestamp",
-    "card_id",
-    "user_id",
-    "amount",
-    "currency",
-    "merchant_id",
-    "merchant_category",
-    "country",
-    "lat",
-    "lon",
-    "channel",
-    "device_id",
-    "label",
-)
 
 _POS, _ECOM, _ATM, _MOTO, _TRANSFER = range(5)
 _NORMAL, _TESTING, _TAKEOVER, _TRAVEL, _COMPROMISED, _AMOUNT = range(6)

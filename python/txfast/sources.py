@@ -17,6 +17,7 @@ import msgspec
 import pyarrow as pa
 
 from txfast import _core
+from txfast.contract import CONTRACT_FIELDS
 from txfast.decode import DecodedBatch, Decoder
 from txfast.exceptions import ConfigError
 
@@ -29,22 +30,6 @@ __all__ = [
     "open_source",
 ]
 
-CONTRACT_FIELDS = (
-    "transaction_id",
-    "timestamp",
-    "card_id",
-    "user_id",
-    "amount",
-    "currency",
-    "merchant_id",
-    "merchant_category",
-    "country",
-    "lat",
-    "lon",
-    "channel",
-    "device_id",
-    "label",
-)
 _STRING_FIELDS = {
     "transaction_id",
     "card_id",
