@@ -206,3 +206,15 @@ def test_native_decoder_equals_reference(events: list[dict[str, object]]) -> Non
         assert c["user_id"][k].as_py() == ref.user_id
         assert c["merchant_category"][k].as_py() == ref.merchant_category
         assert int(c["label"][k]) == ref.label
+
+
+@pytest.mark.parametrize(
+    "card", ["card\x00one", "card\x1f", "\x1c", "tab\tinside"], ids=["nul", "us", "fs", "tab"]
+)
+def test_control_characters_in_ids_are_rejected(card: str) -> None:
+    payload = enc(good(card_id=card))
+    batch = Decoder(RATES).decode([payload])
+    ref = decode_event(payload, rates=RATES)
+    assert len(batch) == 0
+    assert isinstance(ref, Rejection)
+    assert batch.rejected[0].reason == ref.reason

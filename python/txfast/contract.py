@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from datetime import datetime
 
 import msgspec
@@ -138,7 +139,7 @@ _ISO = re.compile(
 
 
 def _parse_iso(text: str) -> int:
-    m = _ISO.match(text.strip())
+    m = _ISO.match(_strip(text))
     if m is None:
         raise ValueError(
             f"timestamp {text!r} is not ISO-8601 with an offset (e.g. 2026-01-31T12:00:00Z)"
@@ -182,18 +183,39 @@ def looks_like_pan(value: str) -> bool:
 def _required(value: str | None, field: str) -> str:
     if value is None:
         raise _Reject("missing_field", f"missing required field `{field}`")
-    if not value.strip():
+    if not _strip(value):
         raise _Reject("missing_field", f"required field `{field}` is empty")
     if len(value.encode()) > MAX_ID_LEN:
         raise _Reject("invalid_value", f"`{field}` is longer than {MAX_ID_LEN} bytes")
+    if _has_control(value):
+        raise _Reject("invalid_value", f"`{field}` contains a control character")
     return value
 
 
+# Unicode White_Space, the set Rust's str::trim removes (str.strip also removes \x1c-\x1f).
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def _strip(value: str) -> str:
+    return value.strip(_WHITESPACE)
+
+
+def _has_control(value: str) -> bool:
+    """Control characters (Unicode category Cc) have no place in ids (and break stores)."""
+    return any(unicodedata.category(c) == "Cc" for c in value)
+
+
 def _optional(value: str | None, field: str) -> str | None:
-    if value is None or not value.strip():
+    if value is None or not _strip(value):
         return None
     if len(value.encode()) > MAX_ID_LEN:
         raise _Reject("invalid_value", f"`{field}` is longer than {MAX_ID_LEN} bytes")
+    if _has_control(value):
+        raise _Reject("invalid_value", f"`{field}` contains a control character")
     return value
 
 
@@ -233,7 +255,7 @@ def decode_event(
 def _decode(
     payload: bytes, rates: dict[str, float], base: str, max_bytes: int, max_amount: float
 ) -> Normalized:
-    if not payload.strip():
+    if not payload.strip(b" \t\n\r\x0c"):  # Rust's ASCII whitespace (no \\x0b)
         raise _Reject("empty_message", "empty message")
     if len(payload) > max_bytes:
         raise _Reject("too_large", f"message of {len(payload)} bytes exceeds {max_bytes}")
@@ -305,11 +327,11 @@ def _validate(tx: _Loose, rates: dict[str, float], base: str, max_amount: float)
         raise _Reject("invalid_amount", f"amount {amount} is not a positive finite number")
     if tx.currency is None:
         raise _Reject("missing_field", "missing required field `currency`")
-    currency = tx.currency.strip().upper()
+    currency = _strip(tx.currency).upper()
     table = {k.upper(): v for k, v in rates.items()} | {base.upper(): 1.0}
     if currency not in table:
         raise _Reject("unknown_currency", f"currency {currency!r} is not in the rates table")
-    country = (tx.country or "").strip()
+    country = _strip(tx.country or "")
     if country and (len(country) != 2 or not country.isascii() or not country.isalpha()):
         raise _Reject("invalid_value", f"country {country!r} is not an ISO 3166-1 alpha-2 code")
     lat, lon = tx.lat, tx.lon
@@ -333,11 +355,11 @@ def _validate(tx: _Loose, rates: dict[str, float], base: str, max_amount: float)
         currency=currency,
         merchant_id=merchant_id,
         user_id=user_id,
-        merchant_category=category.strip() if category else None,
+        merchant_category=_strip(category) if category else None,
         country=country.upper() or None,
         lat=lat,
         lon=lon,
-        channel=channel.strip().lower() if channel else None,
+        channel=_strip(channel).lower() if channel else None,
         device_id=device_id,
         label=-1 if tx.label is None else int(tx.label),
     )

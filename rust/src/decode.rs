@@ -381,6 +381,10 @@ fn required_id<'a>(v: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>,
             Reason::InvalidValue,
             format!("`{field}` is longer than {MAX_ID_LEN} bytes"),
         )),
+        Some(s) if s.chars().any(char::is_control) => Err((
+            Reason::InvalidValue,
+            format!("`{field}` contains a control character"),
+        )),
         Some(s) => Ok(s),
     }
 }
@@ -394,6 +398,10 @@ fn optional_id<'a>(
         Some(s) if s.len() > MAX_ID_LEN => Err((
             Reason::InvalidValue,
             format!("`{field}` is longer than {MAX_ID_LEN} bytes"),
+        )),
+        Some(s) if s.chars().any(char::is_control) => Err((
+            Reason::InvalidValue,
+            format!("`{field}` contains a control character"),
         )),
         other => Ok(other),
     }
