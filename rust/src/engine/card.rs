@@ -6,9 +6,14 @@
 //! time, and one boxed buffer of `u64` words):
 //!
 //! ```text
-//! word 0         header: n_records (bits 0..32) | n_combos (32..56) | code bits k (56..64)
+//! word 0         header: n_records (bits 0..32) | n_combos (32..56) | m (56..62)
 //! word 1         base: event time of the first retained event (i64)
-//! 3 words each   combos: (merchant, category, country) combinations used by retained events
+//! combos         (merchant, category, country) combinations used by retained events, named
+//!                  by a merchant symbol and a (category, country) pair symbol (see
+//!                  `symbols.rs`): with m = 0 one word each, merchant symbol in
+//!                  bits 0..32 and pair symbol in 32..64; with 0 < m < 32, two per word
+//!                  (the first in the low half), merchant symbol in the low m bits of a
+//!                  half and pair symbol in the others
 //! 1 word each    records, in ascending (ts, arrival) order:
 //!                  bits 0..32   amount as f32 bits
 //!                  bits 32..32+k  combo index, or all ones for a spacer
@@ -18,12 +23,18 @@
 //! A spacer advances time without being an event: its delta is `(high bits << 32) | low 32
 //! bits`. Spacers are only written when a gap does not fit the `32 - k` delta bits (about six
 //! days with up to three combos, 37 hours with up to 31). `k` is the smallest width for the
-//! number of combos plus the spacer code, and combos no retained event uses are dropped, so a
-//! card that keeps reusing a few merchants pays 8 bytes per retained event plus 24 bytes per
-//! combination.
+//! number of combos plus the spacer code, and combos no retained event uses are dropped. `m`
+//! is the bit width of the largest merchant symbol when every combo fits in 32 bits that
+//! way, else 0. So a card that keeps reusing a few merchants pays 8 bytes per retained event
+//! plus 4 bytes per combination (8 when its largest merchant and pair symbols need more than
+//! 32 bits together, e.g. beyond ~2^20 merchants and ~2^12 pairs).
 
 use crate::engine::config::CARD_TAIL_COLUMNS;
-use crate::engine::store::{heap_bytes, prefetch, resize_exact, size_class, Keyed};
+use crate::engine::store::{fit_class, heap_bytes, prefetch_lines, resize_exact, Keyed};
+use crate::engine::symbols::Symbols;
+
+/// (category, country) pair symbols of all cards.
+pub(crate) type Pairs = Symbols<[u64; 2]>;
 
 /// Mean Earth radius used by the haversine distance, km.
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
@@ -33,7 +44,6 @@ pub const MIN_TRAVEL_MS: i64 = 1000;
 pub const MIN_SIGMA: f64 = 1e-6;
 
 const HEADER_WORDS: usize = 2;
-const COMBO_WORDS: usize = 3;
 const MAX_COMBOS: usize = (1 << 24) - 1;
 
 /// Great-circle distance in km (haversine on a sphere of radius [`EARTH_RADIUS_KM`]).
@@ -52,12 +62,116 @@ fn code_bits(n: usize) -> u32 {
     (usize::BITS - n.leading_zeros()).max(1)
 }
 
+/// Bits needed for `x` (0 for 0).
+#[inline]
+fn bit_width(x: u32) -> u32 {
+    u32::BITS - x.leading_zeros()
+}
+
+/// Decoded header word of a card buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    n_rec: usize,
+    nc: usize,
+    /// Merchant symbol bits of packed combos, 0 for one combo per word.
+    m: u32,
+}
+
+impl Header {
+    #[inline]
+    fn parse(word: u64) -> Self {
+        Header {
+            n_rec: (word & 0xFFFF_FFFF) as usize,
+            nc: ((word >> 32) & 0xFF_FFFF) as usize,
+            m: (word >> 56) as u32,
+        }
+    }
+
+    #[inline]
+    fn word(self) -> u64 {
+        self.n_rec as u64 | ((self.nc as u64) << 32) | (u64::from(self.m) << 56)
+    }
+
+    /// Code bits of the records.
+    #[inline]
+    fn k(self) -> u32 {
+        code_bits(self.nc)
+    }
+
+    /// Index of the first record word.
+    #[inline]
+    fn first(self) -> usize {
+        HEADER_WORDS
+            + if self.m == 0 {
+                self.nc
+            } else {
+                self.nc.div_ceil(2)
+            }
+    }
+
+    /// Words in use.
+    #[inline]
+    fn used(self) -> usize {
+        self.first() + self.n_rec
+    }
+
+    /// Combo `i` (merchant symbol | pair symbol << 32) of `buf`.
+    #[inline]
+    fn combo(self, buf: &[u64], i: usize) -> u64 {
+        if self.m == 0 {
+            buf[HEADER_WORDS + i]
+        } else {
+            let half = (buf[HEADER_WORDS + i / 2] >> (32 * (i % 2))) as u32;
+            combo_word(half & ((1 << self.m) - 1), half >> self.m)
+        }
+    }
+}
+
+/// Merchant symbol bits `m` of the packed layout for `combos`, or 0 when one of them does not
+/// fit in 32 bits that way.
+fn packed_bits(combos: &[u64]) -> u32 {
+    let (mut merchant, mut pair) = (0u32, 0u32);
+    for &c in combos {
+        merchant |= c as u32;
+        pair |= (c >> 32) as u32;
+    }
+    let m = bit_width(merchant).max(1);
+    if m < 32 && bit_width(pair) <= 32 - m {
+        m
+    } else {
+        0
+    }
+}
+
+/// Half-word of a packed combo.
+#[inline]
+fn packed(combo: u64, m: u32) -> u64 {
+    (combo & 0xFFFF_FFFF) | ((combo >> 32) << m)
+}
+
 /// Card windows and retention.
 #[derive(Debug, Clone)]
 pub(crate) struct CardParams {
     pub windows: Vec<i64>,
     pub longest: usize,
     pub retention: i64,
+    /// Window indices from the longest to the shortest.
+    by_length: Vec<usize>,
+}
+
+impl CardParams {
+    /// Windows in column order (distinct, validated) and the allowed lateness.
+    pub(crate) fn new(windows: &[i64], lateness: i64) -> Self {
+        let mut by_length: Vec<usize> = (0..windows.len()).collect();
+        by_length.sort_by_key(|&i| std::cmp::Reverse(windows[i]));
+        let longest = by_length[0];
+        CardParams {
+            windows: windows.to_vec(),
+            longest,
+            retention: windows[longest] + lateness,
+            by_length,
+        }
+    }
 }
 
 /// One event as the card shard sees it.
@@ -65,7 +179,10 @@ pub(crate) struct CardParams {
 pub(crate) struct CardEvent {
     pub t: i64,
     pub amount: f32,
-    pub merchant: u64,
+    /// Global merchant symbol.
+    pub merchant: u32,
+    /// Pair symbol of (category, country).
+    pub pair: u32,
     pub category: u64,
     pub country: u64,
     pub lat: f64,
@@ -89,12 +206,7 @@ impl Keyed for Card {
 
     #[inline]
     fn prefetch_data(&self) {
-        let p = self.buf.as_ptr();
-        prefetch(p);
-        if self.buf.len() > 8 {
-            prefetch(p.wrapping_add(8));
-            prefetch(p.wrapping_add(self.buf.len() - 1));
-        }
+        prefetch_lines(&self.buf, 8);
     }
 }
 
@@ -104,8 +216,10 @@ pub(crate) struct CardScratch {
     ts: Vec<i64>,
     amt: Vec<f32>,
     code: Vec<u32>,
-    combos: Vec<[u64; 3]>,
+    combos: Vec<u64>,
     starts: Vec<usize>,
+    lo: Vec<i64>,
+    sums: Vec<f64>,
     flags: Vec<u8>,
     live: Vec<u32>,
     words: Vec<u64>,
@@ -114,6 +228,13 @@ pub(crate) struct CardScratch {
 const SAME_MERCHANT: u8 = 1;
 const SAME_COUNTRY: u8 = 2;
 const SAME_CATEGORY: u8 = 4;
+const SAME_COMBO: u8 = 8;
+
+/// Combo word of a merchant symbol and a pair symbol.
+#[inline]
+fn combo_word(merchant: u32, pair: u32) -> u64 {
+    u64::from(merchant) | (u64::from(pair) << 32)
+}
 
 impl Card {
     /// A card that has seen nothing yet.
@@ -128,14 +249,7 @@ impl Card {
     }
 
     fn used_words(&self) -> usize {
-        match self.buf.first() {
-            None => 0,
-            Some(&hdr) => {
-                let n_rec = (hdr & 0xFFFF_FFFF) as usize;
-                let nc = ((hdr >> 32) & 0xFF_FFFF) as usize;
-                HEADER_WORDS + COMBO_WORDS * nc + n_rec
-            }
-        }
+        self.buf.first().map_or(0, |&hdr| Header::parse(hdr).used())
     }
 
     /// Heap bytes owned by this card.
@@ -148,13 +262,12 @@ impl Card {
         let Some(&hdr) = self.buf.first() else {
             return (0, i64::MIN);
         };
-        let nc = ((hdr >> 32) & 0xFF_FFFF) as usize;
-        let k = (hdr >> 56) as u32;
+        let h = Header::parse(hdr);
+        let k = h.k();
         let mask = (1u32 << k) - 1;
-        let first = HEADER_WORDS + COMBO_WORDS * nc;
         let mut ts = self.buf[1] as i64;
         let mut events = 0;
-        for &w in &self.buf[first..self.used_words()] {
+        for &w in &self.buf[h.first()..h.used()] {
             let tag = (w >> 32) as u32;
             let d = u64::from(tag >> k);
             if tag & mask == mask {
@@ -165,6 +278,16 @@ impl Card {
             }
         }
         (events, ts)
+    }
+
+    /// Call `f` with each combo of the card (merchant symbol | pair symbol << 32).
+    pub(crate) fn for_each_combo(&self, mut f: impl FnMut(u64)) {
+        if let Some(&hdr) = self.buf.first() {
+            let h = Header::parse(hdr);
+            for i in 0..h.nc {
+                f(h.combo(&self.buf, i));
+            }
+        }
     }
 
     /// Append the snapshot form: key, location, used buffer words.
@@ -180,10 +303,13 @@ impl Card {
         }
     }
 
-    /// Read and validate one card written by [`Card::write_to`].
+    /// Read and validate one card written by [`Card::write_to`]; `merchant_ok` tells
+    /// whether a merchant symbol is in use, `pairs` are the pair symbols of its shard.
     pub(crate) fn read_from(
         r: &mut crate::engine::snapshot::Reader<'_>,
         scratch: &mut CardScratch,
+        merchant_ok: &dyn Fn(u32) -> bool,
+        pairs: &Pairs,
     ) -> crate::error::TxResult<Self> {
         let key = r.u64()?;
         let lat = r.f64()?;
@@ -216,6 +342,11 @@ impl Card {
         if used.contains(&false) {
             return Err(bad("unused combination"));
         }
+        for &c in &scratch.combos {
+            if !merchant_ok(c as u32) || !pairs.is_used((c >> 32) as u32) {
+                return Err(bad("unknown symbol"));
+            }
+        }
         let mut buf = vec![0u64; card_capacity(n)].into_boxed_slice();
         buf[..n].copy_from_slice(&words);
         card.buf = buf;
@@ -224,21 +355,18 @@ impl Card {
 }
 
 fn card_words(words: &[u64]) -> Option<usize> {
-    let hdr = *words.first()?;
-    let n_rec = (hdr & 0xFFFF_FFFF) as usize;
-    let nc = ((hdr >> 32) & 0xFF_FFFF) as usize;
-    Some(HEADER_WORDS + COMBO_WORDS * nc + n_rec)
+    Some(Header::parse(*words.first()?).used())
 }
 
-/// Capacity (words) of a card buffer using `n` words: small cards reallocate every 8 words
-/// (a new card with a new merchant per event grows by 4 words an event), larger ones follow
-/// [`size_class`].
+/// Capacity (words) of a card buffer using `n` words: small cards reallocate every 16 words
+/// (a new card with a new merchant per event grows by 1.5 words an event), larger ones follow
+/// [`fit_class`]; either way the malloc chunk has no padding.
 #[inline]
 fn card_capacity(n: usize) -> usize {
-    if n <= 64 {
-        n.div_ceil(8) * 8
+    if n < 64 {
+        (n + 1).div_ceil(16) * 16 - 1
     } else {
-        size_class(n)
+        fit_class(n, 8, 4)
     }
 }
 
@@ -254,21 +382,15 @@ fn decode(buf: &[u64], s: &mut CardScratch) -> Result<(), &'static str> {
     if buf.len() < HEADER_WORDS {
         return Err("truncated header");
     }
-    let n_rec = (hdr & 0xFFFF_FFFF) as usize;
-    let nc = ((hdr >> 32) & 0xFF_FFFF) as usize;
-    let k = (hdr >> 56) as u32;
-    let first = HEADER_WORDS + COMBO_WORDS * nc;
+    let h = Header::parse(hdr);
+    if h.m >= 32 {
+        return Err("bad combination layout");
+    }
+    let (n_rec, nc, k, first) = (h.n_rec, h.nc, h.k(), h.first());
     if buf.len() < first + n_rec {
         return Err("truncated records");
     }
-    if k != code_bits(nc) {
-        return Err("bad code width");
-    }
-    s.combos.extend(
-        buf[HEADER_WORDS..first]
-            .chunks_exact(COMBO_WORDS)
-            .map(|c| [c[0], c[1], c[2]]),
-    );
+    s.combos.extend((0..nc).map(|i| h.combo(buf, i)));
     s.ts.reserve(n_rec);
     s.amt.reserve(n_rec);
     s.code.reserve(n_rec);
@@ -313,8 +435,15 @@ fn encode(s: &mut CardScratch) {
     let max_gap = (1u64 << (64 - k)) - 1;
     words.push(0);
     words.push(ts[0] as u64);
-    for c in combos.iter() {
-        words.extend_from_slice(c);
+    let m = packed_bits(combos);
+    if m == 0 {
+        words.extend_from_slice(combos);
+    } else {
+        words.extend(
+            combos
+                .chunks(2)
+                .map(|p| packed(p[0], m) | p.get(1).map_or(0, |&c| packed(c, m) << 32)),
+        );
     }
     let mut prev = ts[0];
     let mut n_rec = 0u64;
@@ -330,7 +459,12 @@ fn encode(s: &mut CardScratch) {
         n_rec += 1;
         prev = ts[i];
     }
-    words[0] = n_rec | ((nc as u64) << 32) | (u64::from(k) << 56);
+    words[0] = Header {
+        n_rec: n_rec as usize,
+        nc,
+        m,
+    }
+    .word();
 }
 
 /// Compute the card columns of one event (after the row-local ones) into `out`, then add the
@@ -340,61 +474,102 @@ pub(crate) fn process(
     ev: &CardEvent,
     p: &CardParams,
     s: &mut CardScratch,
+    pairs: &Pairs,
     out: &mut [f32],
 ) {
-    decode(&card.buf, s).expect("card state is well-formed");
+    if !process_on_time(card, ev, p, s, pairs, out) {
+        process_any(card, ev, p, s, pairs, out);
+    }
+}
+
+/// Flags of every combo of the card against the current event, into `s.flags`.
+fn combo_flags(card: &Card, ev: &CardEvent, s: &mut CardScratch, pairs: &Pairs) {
+    s.flags.clear();
+    let Some(&hdr) = card.buf.first() else {
+        return;
+    };
+    let h = Header::parse(hdr);
+    let current = combo_word(ev.merchant, ev.pair);
+    let pair_flags =
+        (u8::from(ev.country != 0) * SAME_COUNTRY) | (u8::from(ev.category != 0) * SAME_CATEGORY);
+    let flag = |c: u64| {
+        let merchant = u8::from(c as u32 == ev.merchant) * SAME_MERCHANT;
+        if c == current {
+            return merchant | pair_flags | SAME_COMBO;
+        }
+        let pair = (c >> 32) as u32;
+        if pair == ev.pair {
+            return merchant | pair_flags;
+        }
+        let [category, country] = pairs.key(pair);
+        merchant
+            | (u8::from(ev.country != 0 && country == ev.country) * SAME_COUNTRY)
+            | (u8::from(ev.category != 0 && category == ev.category) * SAME_CATEGORY)
+    };
+    let words = &card.buf[HEADER_WORDS..h.first()];
+    if h.m == 0 {
+        s.flags.extend(words.iter().map(|&c| flag(c)));
+    } else {
+        let unpack = |half: u32| combo_word(half & ((1 << h.m) - 1), half >> h.m);
+        for &w in words {
+            s.flags.push(flag(unpack(w as u32)));
+            s.flags.push(flag(unpack((w >> 32) as u32)));
+        }
+        s.flags.truncate(h.nc);
+    }
+}
+
+/// Write the columns of window `k`: `count` and `sum` (in order) of the earlier events in
+/// it, their largest amount (or the current one); returns the window's sum and count.
+#[inline(always)]
+fn window_columns(
+    out: &mut [f32],
+    nw: usize,
+    k: usize,
+    count: usize,
+    sum: f64,
+    max: f32,
+    a: f32,
+) -> (f64, f64) {
+    let sum = sum + f64::from(a);
+    let count = (count + 1) as f64;
+    out[k] = count as f32;
+    out[nw + k] = sum as f32;
+    out[2 * nw + k] = (sum / count) as f32;
+    out[3 * nw + k] = max;
+    (sum, count)
+}
+
+/// What the columns after the window aggregates need to know about the earlier events.
+struct Earlier<'a> {
+    /// Sum (in order, current included) and count of the longest window.
+    sum_l: f64,
+    count_l: f64,
+    /// Sum (in order) of the earlier events of the longest window, and their amounts.
+    sum_others_l: f64,
+    others: &'a [f32],
+    /// Time of the latest retained earlier event at or before the current one.
+    prev: Option<i64>,
+    /// Union of the combo flags of the earlier events of the longest window.
+    seen: u8,
+    /// Sum (in order) of their amounts with the current event's category.
+    same_category: f64,
+}
+
+/// Ratio, z-score, time since previous, distance and speed, "new" flags and category share;
+/// also moves the card's last location to the event's.
+fn tail_columns(card: &mut Card, ev: &CardEvent, e: &Earlier<'_>, tail: &mut [f32]) {
     let t = ev.t;
-    let newest = s.ts.last().map_or(t, |&x| x.max(t));
-    let cutoff = newest.saturating_sub(p.retention);
-    let p0 = s.ts.partition_point(|&x| x <= cutoff);
-    let pos = s.ts.partition_point(|&x| x <= t).max(p0);
-    let nw = p.windows.len();
-    s.starts.clear();
-    for &w in &p.windows {
-        let lo = t.saturating_sub(w);
-        s.starts
-            .push(p0 + s.ts[p0..pos].partition_point(|&x| x <= lo));
-    }
-
-    let a = ev.amount;
-    let a64 = f64::from(a);
-    let mut sum_l = 0.0;
-    let mut count_l = 0.0;
-    for (k, &start) in s.starts.iter().enumerate() {
-        let mut sum = 0.0f64;
-        let mut max = a;
-        for &x in &s.amt[start..pos] {
-            sum += f64::from(x);
-            max = max.max(x);
-        }
-        sum += a64;
-        let count = (pos - start + 1) as f64;
-        out[k] = count as f32;
-        out[nw + k] = sum as f32;
-        out[2 * nw + k] = (sum / count) as f32;
-        out[3 * nw + k] = max;
-        if k == p.longest {
-            sum_l = sum;
-            count_l = count;
-        }
-    }
-    let tail = &mut out[4 * nw..4 * nw + CARD_TAIL_COLUMNS];
-    let start_l = s.starts[p.longest];
-    let others = &s.amt[start_l..pos];
-
+    let a64 = f64::from(ev.amount);
     // card_amount_ratio, card_amount_z
-    tail[0] = (a64 / (sum_l / count_l)) as f32;
-    tail[1] = if others.len() < 2 {
+    tail[0] = (a64 / (e.sum_l / e.count_l)) as f32;
+    tail[1] = if e.others.len() < 2 {
         0.0
     } else {
-        let n = others.len() as f64;
-        let mut total = 0.0f64;
-        for &x in others {
-            total += f64::from(x);
-        }
-        let mean = total / n;
+        let n = e.others.len() as f64;
+        let mean = e.sum_others_l / n;
         let mut sq = 0.0f64;
-        for &x in others {
+        for &x in e.others {
             let d = f64::from(x) - mean;
             sq += d * d;
         }
@@ -407,16 +582,22 @@ pub(crate) fn process(
     };
 
     // card_secs_since_prev
-    tail[2] = if pos > p0 {
-        ((t - s.ts[pos - 1]) as f64 / 1000.0) as f32
-    } else {
-        -1.0
+    tail[2] = match e.prev {
+        Some(prev) => ((t - prev) as f64 / 1000.0) as f32,
+        None => -1.0,
     };
 
     // card_km_from_prev, card_kmh_from_prev (processing order; location survives pruning)
     let located = !ev.lat.is_nan();
     if located && !card.lat.is_nan() {
-        let km = haversine_km(card.lat, card.lon, ev.lat, ev.lon);
+        // Same finite point: what the haversine formula gives exactly, without the libm calls.
+        let same =
+            ev.lat == card.lat && ev.lon == card.lon && ev.lat.is_finite() && ev.lon.is_finite();
+        let km = if same {
+            0.0
+        } else {
+            haversine_km(card.lat, card.lon, ev.lat, ev.lon)
+        };
         let hours = (t
             .wrapping_sub(card.t_loc)
             .unsigned_abs()
@@ -435,12 +616,199 @@ pub(crate) fn process(
     }
 
     // card_new_country, card_new_merchant, card_category_share
-    s.flags.clear();
-    s.flags.extend(s.combos.iter().map(|c| {
-        (u8::from(c[0] == ev.merchant) * SAME_MERCHANT)
-            | (u8::from(ev.country != 0 && c[2] == ev.country) * SAME_COUNTRY)
-            | (u8::from(ev.category != 0 && c[1] == ev.category) * SAME_CATEGORY)
-    }));
+    tail[5] = if ev.country == 0 || e.seen & SAME_COUNTRY != 0 {
+        0.0
+    } else {
+        1.0
+    };
+    tail[6] = if e.seen & SAME_MERCHANT != 0 {
+        0.0
+    } else {
+        1.0
+    };
+    tail[7] = if ev.category == 0 {
+        -1.0
+    } else {
+        ((e.same_category + a64) / e.sum_l) as f32
+    };
+}
+
+/// [`process`] for an event at or after every event of the card (the usual case): one pass
+/// over the records, no decoding into the scratch. False, with nothing changed, when the
+/// event is late; then [`process_any`] must handle it.
+fn process_on_time(
+    card: &mut Card,
+    ev: &CardEvent,
+    p: &CardParams,
+    s: &mut CardScratch,
+    pairs: &Pairs,
+    out: &mut [f32],
+) -> bool {
+    let t = ev.t;
+    let a = ev.amount;
+    let nw = p.windows.len();
+    let cutoff = t.saturating_sub(p.retention);
+    // Window j of `by_length` covers (lo[j], t]; lo increases with j, so each window's
+    // earlier events are a suffix of the longest window's.
+    s.lo.clear();
+    s.lo.extend(p.by_length.iter().map(|&k| t.saturating_sub(p.windows[k])));
+    combo_flags(card, ev, s, pairs);
+    // Amounts of the earlier events of the longest window, in order; window j of
+    // `by_length` holds those from `starts[j]` on.
+    s.amt.clear();
+    s.starts.clear();
+    let (mut p0, mut prev, mut seen, mut same_category) = (0usize, None, 0u8, 0.0f64);
+    if let Some(&hdr) = card.buf.first() {
+        let h = Header::parse(hdr);
+        let k = h.k();
+        let mask = (1u32 << k) - 1;
+        let lo_l = s.lo[0];
+        let mut ts = card.buf[1] as i64;
+        for &w in &card.buf[h.first()..h.used()] {
+            let tag = (w >> 32) as u32;
+            let code = tag & mask;
+            let d = u64::from(tag >> k);
+            if code == mask {
+                ts = ts.wrapping_add(((d << 32) | (w & 0xFFFF_FFFF)) as i64);
+                continue;
+            }
+            ts = ts.wrapping_add(d as i64);
+            if ts > t {
+                return false;
+            }
+            if ts <= cutoff {
+                p0 += 1;
+                continue;
+            }
+            prev = Some(ts);
+            if ts <= lo_l {
+                continue;
+            }
+            while s.starts.len() < nw && ts > s.lo[s.starts.len()] {
+                s.starts.push(s.amt.len());
+            }
+            let x = f32::from_bits(w as u32);
+            s.amt.push(x);
+            let f = s.flags[code as usize];
+            seen |= f;
+            if f & SAME_CATEGORY != 0 {
+                same_category += f64::from(x);
+            }
+        }
+    }
+    let n_l = s.amt.len();
+    s.starts.resize(nw, n_l);
+    // Sums in order, two windows at a time (independent additions overlap): window j over
+    // amt[starts[j]..], j + 1 over the suffix amt[starts[j + 1]..].
+    s.sums.clear();
+    for j in (0..nw).step_by(2) {
+        let start = s.starts[j];
+        let mut sum = 0.0f64;
+        if j + 1 < nw {
+            let mid = s.starts[j + 1];
+            for &x in &s.amt[start..mid] {
+                sum += f64::from(x);
+            }
+            let mut sum2 = 0.0f64;
+            for &x in &s.amt[mid..] {
+                sum += f64::from(x);
+                sum2 += f64::from(x);
+            }
+            s.sums.extend([sum, sum2]);
+        } else {
+            for &x in &s.amt[start..] {
+                sum += f64::from(x);
+            }
+            s.sums.push(sum);
+        }
+    }
+    // Shortest window first: each longer one extends the previous suffix (for the maxima).
+    let (mut sum_l, mut count_l, mut sum_others_l) = (0.0, 0.0, 0.0);
+    let (mut max, mut from) = (a, n_l);
+    for j in (0..nw).rev() {
+        let start = s.starts[j];
+        for &x in &s.amt[start..from] {
+            if x > max {
+                max = x;
+            }
+        }
+        from = start;
+        let sum = s.sums[j];
+        let (total, n) = window_columns(out, nw, p.by_length[j], n_l - start, sum, max, a);
+        if j == 0 {
+            (sum_l, count_l, sum_others_l) = (total, n, sum);
+        }
+    }
+    let earlier = Earlier {
+        sum_l,
+        count_l,
+        sum_others_l,
+        others: &s.amt,
+        prev,
+        seen,
+        same_category,
+    };
+    tail_columns(
+        card,
+        ev,
+        &earlier,
+        &mut out[4 * nw..4 * nw + CARD_TAIL_COLUMNS],
+    );
+
+    // The event is kept (t > t - retention); nothing is pruned unless p0 > 0.
+    let existing = current_combo(s);
+    if p0 == 0 {
+        if let Some(prev) = prev {
+            if try_append(card, ev, prev, existing) {
+                return true;
+            }
+        }
+    }
+    decode(&card.buf, s).expect("card state is well-formed");
+    let pos = s.ts.len();
+    rebuild(card, ev, s, p0, pos, true, existing);
+    true
+}
+
+/// [`process`] for any event, late ones included.
+fn process_any(
+    card: &mut Card,
+    ev: &CardEvent,
+    p: &CardParams,
+    s: &mut CardScratch,
+    pairs: &Pairs,
+    out: &mut [f32],
+) {
+    decode(&card.buf, s).expect("card state is well-formed");
+    let t = ev.t;
+    let newest = s.ts.last().map_or(t, |&x| x.max(t));
+    let cutoff = newest.saturating_sub(p.retention);
+    let p0 = s.ts.partition_point(|&x| x <= cutoff);
+    let pos = s.ts.partition_point(|&x| x <= t).max(p0);
+    let nw = p.windows.len();
+    s.starts.clear();
+    for &w in &p.windows {
+        let lo = t.saturating_sub(w);
+        s.starts
+            .push(p0 + s.ts[p0..pos].partition_point(|&x| x <= lo));
+    }
+
+    let a = ev.amount;
+    let (mut sum_l, mut count_l, mut sum_others_l) = (0.0, 0.0, 0.0);
+    for (k, &start) in s.starts.iter().enumerate() {
+        let mut sum = 0.0f64;
+        let mut max = a;
+        for &x in &s.amt[start..pos] {
+            sum += f64::from(x);
+            max = max.max(x);
+        }
+        let (total, n) = window_columns(out, nw, k, pos - start, sum, max, a);
+        if k == p.longest {
+            (sum_l, count_l, sum_others_l) = (total, n, sum);
+        }
+    }
+    combo_flags(card, ev, s, pairs);
+    let start_l = s.starts[p.longest];
     let mut seen = 0u8;
     let mut same_category = 0.0f64;
     for i in start_l..pos {
@@ -450,22 +818,33 @@ pub(crate) fn process(
             same_category += f64::from(s.amt[i]);
         }
     }
-    tail[5] = if ev.country == 0 || seen & SAME_COUNTRY != 0 {
-        0.0
-    } else {
-        1.0
+    let earlier = Earlier {
+        sum_l,
+        count_l,
+        sum_others_l,
+        others: &s.amt[start_l..pos],
+        prev: (pos > p0).then(|| s.ts[pos - 1]),
+        seen,
+        same_category,
     };
-    tail[6] = if seen & SAME_MERCHANT != 0 { 0.0 } else { 1.0 };
-    tail[7] = if ev.category == 0 {
-        -1.0
-    } else {
-        ((same_category + a64) / sum_l) as f32
-    };
+    tail_columns(
+        card,
+        ev,
+        &earlier,
+        &mut out[4 * nw..4 * nw + CARD_TAIL_COLUMNS],
+    );
 
     update_state(card, ev, s, p0, pos, t > cutoff);
 }
 
-/// Drop pruned events, insert the current one (when retained), drop unused combos, re-encode.
+/// Combo index of the current event among the card's combos (from the flags), if any.
+#[inline]
+fn current_combo(s: &CardScratch) -> Option<usize> {
+    s.flags.iter().position(|&f| f & SAME_COMBO != 0)
+}
+
+/// Drop pruned events, insert the current one (when retained), drop unused combos, re-encode
+/// (`s` holds the decoded state and the combo flags).
 fn update_state(
     card: &mut Card,
     ev: &CardEvent,
@@ -477,20 +856,39 @@ fn update_state(
     if p0 == 0 && !store {
         return;
     }
-    if p0 == 0 && store && pos == s.ts.len() && !s.ts.is_empty() && try_append(card, ev, s) {
+    let existing = if store { current_combo(s) } else { None };
+    if p0 == 0
+        && store
+        && pos == s.ts.len()
+        && !s.ts.is_empty()
+        && try_append(card, ev, s.ts[pos - 1], existing)
+    {
         return;
     }
+    rebuild(card, ev, s, p0, pos, store, existing);
+}
+
+/// The general update: drop the first `p0` decoded events, insert the current one at `pos`
+/// when `store` (with combo `existing`, or a new one), drop unused combos, re-encode.
+fn rebuild(
+    card: &mut Card,
+    ev: &CardEvent,
+    s: &mut CardScratch,
+    p0: usize,
+    pos: usize,
+    store: bool,
+    existing: Option<usize>,
+) {
     if p0 > 0 {
         s.ts.drain(..p0);
         s.amt.drain(..p0);
         s.code.drain(..p0);
     }
     if store {
-        let combo = [ev.merchant, ev.category, ev.country];
-        let c = match s.combos.iter().position(|x| *x == combo) {
+        let c = match existing {
             Some(c) => c,
             None => {
-                s.combos.push(combo);
+                s.combos.push(combo_word(ev.merchant, ev.pair));
                 s.combos.len() - 1
             }
         };
@@ -528,37 +926,56 @@ fn update_state(
 }
 
 /// Append an on-time event in place (no pruning, no change of code width, no spacer needed);
-/// false when the general path must re-encode instead.
-fn try_append(card: &mut Card, ev: &CardEvent, s: &CardScratch) -> bool {
-    let hdr = card.buf[0];
-    let n_rec = (hdr & 0xFFFF_FFFF) as usize;
-    let nc = ((hdr >> 32) & 0xFF_FFFF) as usize;
-    let k = (hdr >> 56) as u32;
-    let combo = [ev.merchant, ev.category, ev.country];
-    let (c, new) = match s.combos.iter().position(|x| *x == combo) {
-        Some(c) => (c, false),
-        None => (nc, true),
-    };
-    let nc2 = nc + usize::from(new);
-    let gap = ev.t.wrapping_sub(s.ts[s.ts.len() - 1]) as u64;
-    if nc2 > MAX_COMBOS
-        || code_bits(nc2) != k
-        || gap > (1u64 << (32 - k)) - 1
-        || n_rec >= u32::MAX as usize
-    {
+/// false when the general path must re-encode instead. `last` is the time of the card's last
+/// event (it has one), `existing` the event's combo index when the card already has its
+/// combination.
+fn try_append(card: &mut Card, ev: &CardEvent, last: i64, existing: Option<usize>) -> bool {
+    let h = Header::parse(card.buf[0]);
+    let k = h.k();
+    let gap = ev.t.wrapping_sub(last) as u64;
+    if gap > (1u64 << (32 - k)) - 1 || h.n_rec >= u32::MAX as usize {
         return false;
     }
-    let first = HEADER_WORDS + COMBO_WORDS * nc;
-    let needed = first + n_rec + 1 + if new { COMBO_WORDS } else { 0 };
-    resize_exact(&mut card.buf, card_capacity(needed));
-    if new {
-        card.buf
-            .copy_within(first..first + n_rec, first + COMBO_WORDS);
-        card.buf[first..first + COMBO_WORDS].copy_from_slice(&combo);
+    let first = h.first();
+    let (c, h2) = match existing {
+        Some(c) => (c, h),
+        None => {
+            let h2 = Header { nc: h.nc + 1, ..h };
+            if h2.nc > MAX_COMBOS || h2.k() != k {
+                return false;
+            }
+            let combo = combo_word(ev.merchant, ev.pair);
+            // The layout must stay the one `encode` would choose.
+            let fits = bit_width(ev.merchant) <= h.m && bit_width(ev.pair) <= 32 - h.m;
+            if h.m != 0 && !fits {
+                return false;
+            }
+            let needed = h2.used() + 1;
+            resize_exact(&mut card.buf, card_capacity(needed));
+            let first2 = h2.first();
+            if first2 != first {
+                card.buf.copy_within(first..first + h.n_rec, first2);
+            }
+            if h.m == 0 {
+                card.buf[first] = combo;
+            } else if h.nc.is_multiple_of(2) {
+                card.buf[first] = packed(combo, h.m);
+            } else {
+                card.buf[first - 1] |= packed(combo, h.m) << 32;
+            }
+            (h.nc, h2)
+        }
+    };
+    if h2.nc == h.nc {
+        resize_exact(&mut card.buf, card_capacity(h.used() + 1));
     }
-    let first2 = HEADER_WORDS + COMBO_WORDS * nc2;
-    card.buf[first2 + n_rec] = (((gap << k) | c as u64) << 32) | u64::from(ev.amount.to_bits());
-    card.buf[0] = (n_rec as u64 + 1) | ((nc2 as u64) << 32) | (u64::from(k) << 56);
+    card.buf[h2.first() + h.n_rec] =
+        (((gap << k) | c as u64) << 32) | u64::from(ev.amount.to_bits());
+    card.buf[0] = Header {
+        n_rec: h.n_rec + 1,
+        ..h2
+    }
+    .word();
     true
 }
 
@@ -567,19 +984,15 @@ mod tests {
     use super::*;
 
     fn params(windows: &[i64], lateness: i64) -> CardParams {
-        let longest = (0..windows.len()).max_by_key(|&i| windows[i]).unwrap();
-        CardParams {
-            windows: windows.to_vec(),
-            longest,
-            retention: windows[longest] + lateness,
-        }
+        CardParams::new(windows, lateness)
     }
 
-    fn ev(t: i64, amount: f32, merchant: u64) -> CardEvent {
+    fn ev(t: i64, amount: f32, merchant: u32) -> CardEvent {
         CardEvent {
             t,
             amount,
             merchant,
+            pair: 0,
             category: 0,
             country: 0,
             lat: f64::NAN,
@@ -596,7 +1009,7 @@ mod tests {
             t += [0, 1, 999, 1 << 27, 1 << 33, 86_400_000 * 400][(i % 6) as usize];
             expected.push((t, i as f32 * 0.25, (i % 40) as u32));
         }
-        s.combos = (0..40).map(|c| [c, c + 1, c + 2]).collect();
+        s.combos = (0..40).map(|c| combo_word(c, c + 1)).collect();
         s.ts = expected.iter().map(|e| e.0).collect();
         s.amt = expected.iter().map(|e| e.1).collect();
         s.code = expected.iter().map(|e| e.2).collect();
@@ -616,26 +1029,35 @@ mod tests {
             buf: words.into_boxed_slice(),
         };
         assert_eq!(card.summary(), (300, *s.ts.last().unwrap()));
+        // One combo per word when a symbol does not fit the packed layout.
+        s.combos[7] = combo_word(1 << 31, 3);
+        encode(&mut s);
+        assert_eq!(Header::parse(s.words[0]).m, 0);
+        decode(&s.words.clone(), &mut d).unwrap();
+        assert_eq!(d.combos, s.combos);
+        assert_eq!(d.ts, s.ts);
     }
 
     #[test]
     fn window_edges_and_retention() {
         let p = params(&[5_000, 60_000], 10_000);
         let mut s = CardScratch::default();
+        let mut pairs = Pairs::default();
+        assert_eq!(pairs.intern([0, 0]), 0);
         let mut out = vec![0f32; 4 * 2 + CARD_TAIL_COLUMNS];
         let mut card = Card::new(7);
-        process(&mut card, &ev(0, 10.0, 1), &p, &mut s, &mut out);
+        process(&mut card, &ev(0, 10.0, 1), &p, &mut s, &pairs, &mut out);
         // W - 1 ms later: inside both windows.
-        process(&mut card, &ev(4_999, 30.0, 1), &p, &mut s, &mut out);
+        process(&mut card, &ev(4_999, 30.0, 1), &p, &mut s, &pairs, &mut out);
         assert_eq!(&out[0..2], &[2.0, 2.0]);
         // Exactly W after the first: the 5 s window excludes it, the 60 s one keeps it.
-        process(&mut card, &ev(5_000, 1.0, 2), &p, &mut s, &mut out);
+        process(&mut card, &ev(5_000, 1.0, 2), &p, &mut s, &pairs, &mut out);
         assert_eq!(&out[0..2], &[2.0, 3.0]);
         assert_eq!(&out[2..4], &[31.0, 41.0]);
         assert_eq!(out[8 + 2], 0.001); // secs since prev
         assert_eq!(out[8 + 6], 1.0); // new merchant
                                      // Retention: W_max + L = 70 s; at t = 75 s the first event (t = 0) is gone.
-        process(&mut card, &ev(75_000, 1.0, 1), &p, &mut s, &mut out);
+        process(&mut card, &ev(75_000, 1.0, 1), &p, &mut s, &pairs, &mut out);
         assert_eq!(card.summary(), (1, 75_000));
         assert_eq!(out[1], 1.0);
         // Combination of merchant 2 is no longer used: dropped from the dictionary.
@@ -647,29 +1069,97 @@ mod tests {
     fn late_events_and_ties() {
         let p = params(&[5_000, 60_000], 10_000);
         let mut s = CardScratch::default();
+        let mut pairs = Pairs::default();
+        assert_eq!(pairs.intern([0, 0]), 0);
         let mut out = vec![0f32; 4 * 2 + CARD_TAIL_COLUMNS];
         let mut card = Card::new(7);
-        process(&mut card, &ev(4_000, 50.0, 1), &p, &mut s, &mut out);
+        process(&mut card, &ev(4_000, 50.0, 1), &p, &mut s, &pairs, &mut out);
         // Late: does not see the later event.
-        process(&mut card, &ev(0, 10.0, 1), &p, &mut s, &mut out);
+        process(&mut card, &ev(0, 10.0, 1), &p, &mut s, &pairs, &mut out);
         assert_eq!(&out[0..2], &[1.0, 1.0]);
         assert_eq!(out[8 + 2], -1.0);
         assert_eq!(out[8 + 6], 1.0);
         // Tie with the first event: sees both.
-        process(&mut card, &ev(4_000, 5.0, 1), &p, &mut s, &mut out);
+        process(&mut card, &ev(4_000, 5.0, 1), &p, &mut s, &pairs, &mut out);
         assert_eq!(&out[0..2], &[3.0, 3.0]);
         assert_eq!(out[2], 65.0);
         assert_eq!(out[8 + 2], 0.0);
         assert_eq!(out[8 + 6], 0.0);
         // Far too late (beyond retention): only itself, not stored.
-        process(&mut card, &ev(-100_000, 7.0, 1), &p, &mut s, &mut out);
+        process(
+            &mut card,
+            &ev(-100_000, 7.0, 1),
+            &p,
+            &mut s,
+            &pairs,
+            &mut out,
+        );
         assert_eq!(&out[0..2], &[1.0, 1.0]);
         assert_eq!(card.summary(), (3, 4_000));
+    }
+
+    #[test]
+    fn combo_layouts_do_not_change_features() {
+        // The same stream with small merchant symbols (packed combos) and with symbols that
+        // force, or switch to, one combo per word.
+        let p = params(&[5_000, 60_000], 10_000);
+        let maps: [fn(u32) -> u32; 3] = [
+            |m| m,
+            |m| m | (1 << 31),
+            |m| if m < 5 { m } else { m << 22 },
+        ];
+        let mut outs: Vec<Vec<f32>> = Vec::new();
+        for map in maps {
+            let mut s = CardScratch::default();
+            let mut pairs = Pairs::default();
+            let mut card = Card::new(7);
+            let mut out = vec![0f32; 4 * 2 + CARD_TAIL_COLUMNS];
+            let mut all = Vec::new();
+            let mut x = 12345u64;
+            for i in 0..2_000i64 {
+                x = crate::hash::mix64(x);
+                let late = if x.is_multiple_of(7) {
+                    (x % 20_000) as i64
+                } else {
+                    0
+                };
+                let (category, country) = (x % 3, (x >> 8) % 4);
+                let e = CardEvent {
+                    pair: pairs.intern([category, country]),
+                    category,
+                    country,
+                    ..ev(
+                        i * 700 - late,
+                        (x % 1000 + 1) as f32,
+                        map(((x >> 16) % 9) as u32),
+                    )
+                };
+                process(&mut card, &e, &p, &mut s, &pairs, &mut out);
+                all.extend_from_slice(&out);
+                let mut d = CardScratch::default();
+                decode(&card.buf, &mut d).unwrap();
+                assert_eq!(card.used_words(), {
+                    encode(&mut d);
+                    d.words.len()
+                });
+            }
+            outs.push(all);
+        }
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0], outs[2]);
     }
 
     #[test]
     fn haversine_paris_new_york() {
         let km = haversine_km(48.8566, 2.3522, 40.7128, -74.0060);
         assert!((km - 5837.25).abs() < 0.01, "{km}");
+        for (lat, lon) in [
+            (48.8566, 2.3522),
+            (-90.0, 180.0),
+            (120.0, -400.0),
+            (0.0, -0.0),
+        ] {
+            assert_eq!(haversine_km(lat, lon, lat, lon).to_bits(), 0.0f64.to_bits());
+        }
     }
 }

@@ -4,24 +4,26 @@
 //! offsets from a per-merchant base in a deque (4 bytes per event): on-time events are pushed
 //! at the back, pruning pops at the front, and window counts are two binary searches, so a
 //! busy merchant costs `O(log n)` per event. The base moves only when an offset would not
-//! fit; configuration keeps `W_max + L` of merchants within `u32` range.
+//! fit; configuration keeps `W_max + L` of merchants within `u32` range. A merchant also
+//! holds its global merchant symbol (see `symbols.rs`), which cards use to name it.
 
 use std::collections::VecDeque;
 
 use crate::engine::snapshot::{Reader, Writer};
-use crate::engine::store::{heap_bytes, prefetch, size_class, Keyed};
+use crate::engine::store::{fit_class, heap_bytes, prefetch_lines, Keyed};
 
-/// Capacity of a merchant deque holding `n` times: at least 8 (fewer reallocations while a
-/// merchant warms up), then [`size_class`].
+use crate::error::{TxError, TxResult};
+
+/// Capacity of a merchant deque holding `n` times: [`fit_class`] rounding to at least 16
+/// (fewer reallocations while a merchant grows).
 #[inline]
 fn capacity(n: usize) -> usize {
     if n == 0 {
         0
     } else {
-        size_class(n).max(8)
+        fit_class(n, 4, 16)
     }
 }
-use crate::error::{TxError, TxResult};
 
 /// Merchant windows and retention.
 #[derive(Debug, Clone)]
@@ -35,6 +37,7 @@ pub(crate) struct Merchant {
     key: u64,
     base: i64,
     times: VecDeque<u32>,
+    sym: u32,
 }
 
 impl Keyed for Merchant {
@@ -45,24 +48,28 @@ impl Keyed for Merchant {
 
     #[inline]
     fn prefetch_data(&self) {
+        // The binary searches of the windows touch lines across the whole deque.
         let (front, back) = self.times.as_slices();
-        if let Some(last) = back.last().or(front.last()) {
-            prefetch(last);
-        }
-        if let Some(first) = front.first() {
-            prefetch(first);
-        }
+        prefetch_lines(front, 8);
+        prefetch_lines(back, 8);
     }
 }
 
 impl Merchant {
-    /// A merchant that has seen nothing yet.
-    pub(crate) fn new(key: u64) -> Self {
+    /// A merchant that has seen nothing yet, named `sym` by cards.
+    pub(crate) fn new(key: u64, sym: u32) -> Self {
         Merchant {
             key,
             base: 0,
             times: VecDeque::new(),
+            sym,
         }
+    }
+
+    /// Global merchant symbol.
+    #[inline]
+    pub(crate) fn sym(&self) -> u32 {
+        self.sym
     }
 
     /// Number of retained events with event time `<= t`.
@@ -106,7 +113,10 @@ impl Merchant {
                 break;
             }
         }
-        let pos = self.count_le(t);
+        let pos = match self.times.back() {
+            Some(&o) if self.base + i64::from(o) > t => self.count_le(t),
+            _ => self.times.len(),
+        };
         for (slot, &w) in out.iter_mut().zip(&p.windows) {
             let lo = self.count_le(t.saturating_sub(w)).min(pos);
             *slot = (pos - lo + 1) as f32;
@@ -143,9 +153,10 @@ impl Merchant {
         self.times.insert(pos, (t - self.base) as u32);
     }
 
-    /// Append the snapshot form: key, base, offsets.
+    /// Append the snapshot form: key, symbol, base, offsets.
     pub(crate) fn write_to(&self, w: &mut Writer) {
         w.u64(self.key);
+        w.u32(self.sym);
         w.i64(self.base);
         w.u32(self.times.len() as u32);
         for &o in &self.times {
@@ -156,6 +167,7 @@ impl Merchant {
     /// Read and validate one merchant written by [`Merchant::write_to`].
     pub(crate) fn read_from(r: &mut Reader<'_>) -> TxResult<Self> {
         let key = r.u64()?;
+        let sym = r.u32()?;
         let base = r.i64()?;
         let n = r.u32()? as usize;
         let offsets = r.u32_vec(n)?;
@@ -169,7 +181,12 @@ impl Merchant {
         }
         let mut times = VecDeque::with_capacity(capacity(n));
         times.extend(offsets);
-        Ok(Merchant { key, base, times })
+        Ok(Merchant {
+            key,
+            base,
+            times,
+            sym,
+        })
     }
 }
 
@@ -183,7 +200,7 @@ mod tests {
             windows: vec![5_000, 10_000],
             retention: 12_000,
         };
-        let mut m = Merchant::new(1);
+        let mut m = Merchant::new(1, 0);
         let mut out = [0f32; 2];
         m.process(0, &p, &mut out);
         assert_eq!(out, [1.0, 1.0]);
@@ -211,7 +228,7 @@ mod tests {
             windows: vec![1_000_000],
             retention: 1_000_000,
         };
-        let mut m = Merchant::new(1);
+        let mut m = Merchant::new(1, 0);
         let mut out = [0f32; 1];
         for i in 0..5_000i64 {
             m.process(i * 500, &p, &mut out);

@@ -3,33 +3,39 @@
 //! [`FeatureEngine::process`] takes one batch of input columns and returns one `f32` row per
 //! event. State is kept per entity kind (cards, merchants, users), each sharded by the
 //! high bits of `mix64(key)`. A batch is split per kind and shard with a stable counting sort
-//! of row indices, so every shard sees its events in arrival order. The shards of all three
-//! kinds are then processed in parallel on a rayon pool, each by exactly one worker: shard `s`
-//! of every kind always goes to worker `s mod threads`, so an entity's memory is allocated,
-//! reallocated and freed by one thread (no allocator contention) and stays in that core's
-//! cache. Each shard writes its results into its own contiguous block of a per-kind buffer
-//! (rows in partition order); a parallel gather then assembles the output rows. No locks or
-//! atomics are taken per event.
+//! of row indices, so every shard sees its events in arrival order, and the columns each
+//! kind needs are gathered into one contiguous block per shard in that order; the (category,
+//! country) pair of every row is interned meanwhile (see `symbols.rs`). The shards are then
+//! processed in two parallel phases on a rayon pool, merchants and users first, then cards
+//! (which name merchants by the symbols the merchant phase hands over, one relaxed atomic
+//! store per event). Each shard is processed by exactly one worker: shard `s` of every kind
+//! always goes to worker `s mod threads`, so an entity's memory is allocated, reallocated and
+//! freed by one thread (no allocator contention) and stays in that core's cache. Each shard
+//! writes its results into its own contiguous block of a per-kind buffer (rows in partition
+//! order); a parallel gather then assembles the output rows. No locks are taken per event.
 
 mod card;
 pub mod config;
 mod merchant;
 pub(crate) mod snapshot;
 mod store;
+mod symbols;
 mod user;
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use crate::error::{TxError, TxResult};
-use card::{Card, CardEvent, CardParams, CardScratch};
+use card::{Card, CardEvent, CardParams, CardScratch, Pairs};
 use config::{max_window, Layout, BASE_COLUMNS};
 pub use config::{window_suffix, EngineConfig};
 use merchant::{Merchant, MerchantParams};
 use snapshot::{Reader, Writer};
-use store::{prefetch, shard_of, EntityTable, Keyed};
+use store::{key_hash, shard_of, shard_of_hash, EntityTable, Keyed};
+use symbols::Symbols;
 use user::{User, UserParams, UserScratch};
 
 pub use card::{haversine_km, EARTH_RADIUS_KM, MIN_SIGMA, MIN_TRAVEL_MS};
@@ -123,12 +129,13 @@ pub struct Stats {
     pub merchant_events: usize,
     /// Retained user events.
     pub user_events: usize,
-    /// Heap bytes of all state: slabs, hash indexes (all slots), per-entity buffers at their
-    /// capacity, each allocation rounded to its malloc chunk size.
+    /// Heap bytes of all state: slabs, hash indexes (all slots), symbol tables, per-entity
+    /// buffers at their capacity, each allocation rounded to its malloc chunk size. The
+    /// working buffers of a batch, which depend on the batch size only, are not state.
     pub state_bytes: usize,
-    /// Part of `state_bytes` held by cards.
+    /// Part of `state_bytes` held by cards (with the (category, country) pair symbols).
     pub card_bytes: usize,
-    /// Part of `state_bytes` held by merchants.
+    /// Part of `state_bytes` held by merchants (with the merchant symbols).
     pub merchant_bytes: usize,
     /// Part of `state_bytes` held by users.
     pub user_bytes: usize,
@@ -157,27 +164,117 @@ thread_local! {
     static USER_SCRATCH: RefCell<UserScratch> = RefCell::new(UserScratch::default());
 }
 
-/// Row indices of a batch grouped by shard, arrival order kept within each shard.
-struct Partition {
+/// One merchant shard: its merchants and the merchant symbols of its keys.
+#[derive(Default)]
+struct MerchantShard {
+    table: EntityTable<Merchant>,
+    syms: Symbols<u64>,
+}
+
+/// Global symbol of the merchant with local symbol `local` in merchant shard `shard`.
+#[inline]
+fn global_merchant_sym(local: u32, shard: usize, shards: usize) -> u32 {
+    let g = u64::from(local) * shards as u64 + shard as u64;
+    assert!(
+        g <= u64::from(u32::MAX),
+        "too many distinct merchants for 32-bit merchant symbols"
+    );
+    g as u32
+}
+
+/// Input of one event as a shard task reads it: the batch columns it needs, gathered in
+/// partition order so that the task reads them sequentially.
+trait EventRow {
+    /// Entity key.
+    fn key(&self) -> u64;
+    /// `key_hash` of the key.
+    fn hash(&self) -> u64;
+}
+
+/// A card event.
+#[derive(Clone, Copy)]
+struct CardRow {
+    key: u64,
+    hash: u64,
+    t: i64,
+    lat: f64,
+    lon: f64,
+    category: u64,
+    country: u64,
+    amount: f32,
+    /// Pair symbol of (category, country).
+    pair: u32,
+    channel: u8,
+}
+
+/// A merchant event.
+#[derive(Clone, Copy)]
+struct MerchantRow {
+    key: u64,
+    hash: u64,
+    t: i64,
+    /// Batch row.
+    row: u32,
+}
+
+/// A user event.
+#[derive(Clone, Copy)]
+struct UserRow {
+    key: u64,
+    hash: u64,
+    t: i64,
+    card: u64,
+}
+
+macro_rules! event_row {
+    ($($t:ty),*) => {$(
+        impl EventRow for $t {
+            #[inline(always)]
+            fn key(&self) -> u64 {
+                self.key
+            }
+            #[inline(always)]
+            fn hash(&self) -> u64 {
+                self.hash
+            }
+        }
+    )*};
+}
+event_row!(CardRow, MerchantRow, UserRow);
+
+/// Events of a batch grouped by shard, arrival order kept within each shard.
+struct Partition<R> {
     /// Shard `s` holds positions `offsets[s]..offsets[s + 1]`.
+    offsets: Vec<u32>,
+    /// Position of each row (`u32::MAX` for rows left out).
+    rank: Vec<u32>,
+    /// Event at each position.
+    events: Vec<R>,
+}
+
+/// Rows of a batch in shard order (a stable counting sort by `shard_of(key)`).
+struct Order {
     offsets: Vec<u32>,
     /// Row at each position.
     order: Vec<u32>,
     /// Position of each row (`u32::MAX` for rows left out).
     rank: Vec<u32>,
+    /// `key_hash` of each row's key.
+    hash: Vec<u64>,
 }
 
-impl Partition {
-    /// Stable counting sort of rows by `shard_of(key)`; rows with key 0 are left out when
-    /// `skip_zero`.
+impl Order {
+    /// Rows with key 0 are left out when `skip_zero`.
     fn new(keys: &[u64], shards: usize, skip_zero: bool) -> Self {
+        let hash: Vec<u64> = keys.iter().map(|&k| key_hash(k)).collect();
         let shard: Vec<u32> = keys
             .iter()
-            .map(|&k| {
+            .zip(&hash)
+            .map(|(&k, &h)| {
                 if skip_zero && k == 0 {
                     u32::MAX
                 } else {
-                    shard_of(k, shards) as u32
+                    shard_of_hash(h, shards) as u32
                 }
             })
             .collect();
@@ -201,139 +298,309 @@ impl Partition {
                 *slot += 1;
             }
         }
-        Partition {
+        Order {
             offsets,
             order,
             rank,
+            hash,
+        }
+    }
+}
+
+impl<R: Send> Partition<R> {
+    /// The rows of `o`, each made into an event by `make(row, hash)` in partition order.
+    fn new(o: Order, make: impl FnMut(usize, u64) -> R) -> Self {
+        let mut make = make;
+        let events = o
+            .order
+            .iter()
+            .map(|&r| make(r as usize, o.hash[r as usize]))
+            .collect();
+        Partition {
+            offsets: o.offsets,
+            rank: o.rank,
+            events,
         }
     }
 
-    fn rows(&self, shard: usize) -> &[u32] {
-        &self.order[self.offsets[shard] as usize..self.offsets[shard + 1] as usize]
+    /// [`Partition::new`], the events made in parallel.
+    fn par_new(o: Order, make: impl Fn(usize, u64) -> R + Sync) -> Self {
+        let events = o
+            .order
+            .par_iter()
+            .with_min_len(1024)
+            .map(|&r| make(r as usize, o.hash[r as usize]))
+            .collect();
+        Partition {
+            offsets: o.offsets,
+            rank: o.rank,
+            events,
+        }
+    }
+
+    fn range(&self, shard: usize) -> std::ops::Range<usize> {
+        self.offsets[shard] as usize..self.offsets[shard + 1] as usize
+    }
+
+    fn events(&self, shard: usize) -> &[R] {
+        &self.events[self.range(shard)]
     }
 }
 
 /// Distance, in events, between the stages of the prefetch pipeline of a shard loop.
 const AHEAD: usize = 4;
+/// Length of the rings holding the pipeline's positions, by event index modulo `RING`.
+const RING: usize = 8;
+const _: () = assert!(RING >= 2 * AHEAD);
 
-/// Prefetch state for the events `AHEAD`, `2 × AHEAD` and `3 × AHEAD` after event `i`: the
-/// index slot of the farthest, the slab entry of the middle one and the entity's own buffer
-/// of the nearest, so that by the time an event is processed its state is in cache.
+/// Call `f(i, event, entity)` for each event `i` of a shard in order, its entity created
+/// with `make(key)` when absent.
+///
+/// Prefetch pipeline, three stages `AHEAD` events apart: the index slot of event `i + 3 ×
+/// AHEAD`, then the slab entry the slot's fingerprint names for event `i + 2 × AHEAD`, then,
+/// once that entry is checked to hold the event's key (else the index is searched), the
+/// entity's own buffer for event `i + AHEAD`, whose position is remembered. A prologue fills
+/// the pipeline for the first events. Positions stay valid within a batch: entities are only
+/// appended to the slab while processing, and an event whose entity was not found is looked
+/// up again (and created if need be) when processed.
 #[inline(always)]
-fn prefetch_ahead<E: Keyed>(
-    table: &EntityTable<E>,
-    key_at: impl Fn(usize) -> u64,
-    i: usize,
-    n: usize,
+fn for_each_entity<E: Keyed, R: EventRow>(
+    table: &mut EntityTable<E>,
+    events: &[R],
+    mut make: impl FnMut(u64) -> E,
+    mut f: impl FnMut(usize, &R, &mut E),
 ) {
-    if AHEAD == 0 {
-        return;
+    #[inline(always)]
+    fn slot<E: Keyed, R: EventRow>(table: &EntityTable<E>, ev: &R) {
+        table.prefetch_slot(ev.hash());
     }
-    if i + 3 * AHEAD < n {
-        table.prefetch_slot(key_at(i + 3 * AHEAD));
-    }
-    if i + 2 * AHEAD < n {
-        if let Some(e) = table.guess(key_at(i + 2 * AHEAD)) {
-            prefetch(e);
+    #[inline(always)]
+    fn entry<E: Keyed, R: EventRow>(table: &EntityTable<E>, ev: &R) -> u32 {
+        match table.guess(ev.hash()) {
+            Some(p) => {
+                table.prefetch_entry(p);
+                p as u32
+            }
+            None => u32::MAX,
         }
     }
-    if i + AHEAD < n {
-        if let Some(e) = table.peek(key_at(i + AHEAD)) {
-            e.prefetch_data();
+    #[inline(always)]
+    fn data<E: Keyed, R: EventRow>(table: &EntityTable<E>, ev: &R, guessed: u32) -> u32 {
+        let found = if guessed == u32::MAX {
+            None
+        } else if table.at(guessed as usize).key() == ev.key() {
+            Some(guessed as usize)
+        } else {
+            table.find(ev.key(), ev.hash())
+        };
+        match found {
+            Some(p) => {
+                table.at(p).prefetch_data();
+                p as u32
+            }
+            None => u32::MAX,
         }
+    }
+
+    let mut guessed = [u32::MAX; RING];
+    let mut known = [u32::MAX; RING];
+    for ev in events.iter().take(3 * AHEAD) {
+        slot(table, ev);
+    }
+    for (j, ev) in events.iter().enumerate().take(2 * AHEAD) {
+        guessed[j % RING] = entry(table, ev);
+    }
+    for (j, ev) in events.iter().enumerate().take(AHEAD) {
+        known[j % RING] = data(table, ev, guessed[j % RING]);
+    }
+    for (i, ev) in events.iter().enumerate() {
+        if let Some(e) = events.get(i + 3 * AHEAD) {
+            slot(table, e);
+        }
+        if let Some(e) = events.get(i + 2 * AHEAD) {
+            guessed[(i + 2 * AHEAD) % RING] = entry(table, e);
+        }
+        if let Some(e) = events.get(i + AHEAD) {
+            let j = (i + AHEAD) % RING;
+            known[j] = data(table, e, guessed[j]);
+        }
+        let p = match known[i % RING] {
+            u32::MAX => table.position_or_insert(ev.key(), ev.hash(), || make(ev.key())),
+            p => p as usize,
+        };
+        f(i, ev, table.at_mut(p));
     }
 }
 
 enum Task<'a> {
-    Cards(&'a mut EntityTable<Card>, &'a [u32], &'a mut [f32]),
-    Merchants(&'a mut EntityTable<Merchant>, &'a [u32], &'a mut [f32]),
-    Users(&'a mut EntityTable<User>, &'a [u32], &'a mut [f32]),
+    Cards(
+        &'a mut EntityTable<Card>,
+        &'a [CardRow],
+        &'a [AtomicU32],
+        &'a mut [f32],
+    ),
+    Merchants(
+        &'a mut MerchantShard,
+        usize,
+        &'a [MerchantRow],
+        &'a mut [f32],
+    ),
+    Users(&'a mut EntityTable<User>, &'a [UserRow], &'a mut [f32]),
 }
 
-/// Shared, read-only context of the parallel phase.
+/// Shared, read-only context of a parallel phase.
 struct BatchContext<'a> {
-    cols: Columns<'a>,
     card: &'a CardParams,
     merchant: &'a MerchantParams,
     user: &'a UserParams,
+    pairs: &'a Pairs,
+    shards: usize,
+    /// Card partition position of each row.
+    card_rank: &'a [u32],
+    /// Merchant symbol of each event, by card partition position (set by merchant tasks).
+    merchant_sym: &'a [AtomicU32],
 }
 
 impl BatchContext<'_> {
     fn run(&self, task: Task<'_>) {
         match task {
-            Task::Cards(table, rows, out) => self.run_cards(table, rows, out),
-            Task::Merchants(table, rows, out) => self.run_merchants(table, rows, out),
-            Task::Users(table, rows, out) => self.run_users(table, rows, out),
+            Task::Cards(table, events, syms, out) => self.run_cards(table, events, syms, out),
+            Task::Merchants(shard, s, events, out) => self.run_merchants(shard, s, events, out),
+            Task::Users(table, events, out) => self.run_users(table, events, out),
         }
     }
 
-    /// Row-local and card columns of `rows`, written to consecutive rows of `out`.
-    fn run_cards(&self, table: &mut EntityTable<Card>, rows: &[u32], out: &mut [f32]) {
-        let c = &self.cols;
-        let width = out.len() / rows.len();
+    /// Row-local and card columns of `events`, written to consecutive rows of `out`.
+    fn run_cards(
+        &self,
+        table: &mut EntityTable<Card>,
+        events: &[CardRow],
+        syms: &[AtomicU32],
+        out: &mut [f32],
+    ) {
+        let width = out.len() / events.len();
         CARD_SCRATCH.with_borrow_mut(|scratch| {
-            for ((i, &r), row) in rows.iter().enumerate().zip(out.chunks_exact_mut(width)) {
-                prefetch_ahead(table, |j| c.card[rows[j] as usize], i, rows.len());
-                let r = r as usize;
-                let t = c.ts_ms[r];
-                let amount = c.amount[r] as f32;
+            for_each_entity(table, events, Card::new, |i, e, state| {
+                let row = &mut out[i * width..(i + 1) * width];
+                let t = e.t;
                 let ms_of_day = t.rem_euclid(86_400_000);
                 let dow = (t.div_euclid(86_400_000) + 3).rem_euclid(7);
-                row[0] = amount;
-                row[1] = f64::from(amount).ln_1p() as f32;
+                row[0] = e.amount;
+                row[1] = f64::from(e.amount).ln_1p() as f32;
                 row[2] = (ms_of_day / 3_600_000) as f32;
                 row[3] = dow as f32;
                 row[4] = if dow >= 5 { 1.0 } else { 0.0 };
-                row[5] = f32::from(c.channel[r]);
+                row[5] = f32::from(e.channel);
                 let ev = CardEvent {
                     t,
-                    amount,
-                    merchant: c.merchant[r],
-                    category: c.category[r],
-                    country: c.country[r],
-                    lat: c.lat[r],
-                    lon: c.lon[r],
+                    amount: e.amount,
+                    merchant: syms[i].load(Ordering::Relaxed),
+                    pair: e.pair,
+                    category: e.category,
+                    country: e.country,
+                    lat: e.lat,
+                    lon: e.lon,
                 };
-                let key = c.card[r];
-                let state = table.get_or_insert_with(key, || Card::new(key));
-                card::process(state, &ev, self.card, scratch, &mut row[BASE_COLUMNS..]);
-            }
+                card::process(
+                    state,
+                    &ev,
+                    self.card,
+                    scratch,
+                    self.pairs,
+                    &mut row[BASE_COLUMNS..],
+                );
+            });
         });
     }
 
-    /// Merchant columns of `rows`, written to consecutive rows of `out`.
-    fn run_merchants(&self, table: &mut EntityTable<Merchant>, rows: &[u32], out: &mut [f32]) {
-        let c = &self.cols;
+    /// Merchant columns of `events`, written to consecutive rows of `out`; their merchant
+    /// symbols go to `merchant_sym` at the card partition position of their row.
+    fn run_merchants(
+        &self,
+        shard: &mut MerchantShard,
+        s: usize,
+        events: &[MerchantRow],
+        out: &mut [f32],
+    ) {
         let width = self.merchant.windows.len();
-        for ((i, &r), row) in rows.iter().enumerate().zip(out.chunks_exact_mut(width)) {
-            prefetch_ahead(table, |j| c.merchant[rows[j] as usize], i, rows.len());
-            let r = r as usize;
-            let key = c.merchant[r];
-            table
-                .get_or_insert_with(key, || Merchant::new(key))
-                .process(c.ts_ms[r], self.merchant, row);
-        }
+        let shards = self.shards;
+        let MerchantShard { table, syms } = shard;
+        for_each_entity(
+            table,
+            events,
+            |key| Merchant::new(key, global_merchant_sym(syms.intern(key), s, shards)),
+            |i, e, m| {
+                m.process(e.t, self.merchant, &mut out[i * width..(i + 1) * width]);
+                self.merchant_sym[self.card_rank[e.row as usize] as usize]
+                    .store(m.sym(), Ordering::Relaxed);
+            },
+        );
     }
 
-    /// User columns of `rows`, written to consecutive rows of `out`.
-    fn run_users(&self, table: &mut EntityTable<User>, rows: &[u32], out: &mut [f32]) {
-        let c = &self.cols;
+    /// User columns of `events`, written to consecutive rows of `out`.
+    fn run_users(&self, table: &mut EntityTable<User>, events: &[UserRow], out: &mut [f32]) {
         let width = self.user.windows.len();
         USER_SCRATCH.with_borrow_mut(|scratch| {
-            for ((i, &r), row) in rows.iter().enumerate().zip(out.chunks_exact_mut(width)) {
-                prefetch_ahead(table, |j| c.user[rows[j] as usize], i, rows.len());
-                let r = r as usize;
-                let key = c.user[r];
-                table
-                    .get_or_insert_with(key, || User::new(key))
-                    .process(c.ts_ms[r], c.card[r], self.user, scratch, row);
-            }
+            for_each_entity(table, events, User::new, |i, e, u| {
+                u.process(
+                    e.t,
+                    e.card,
+                    self.user,
+                    scratch,
+                    &mut out[i * width..(i + 1) * width],
+                );
+            });
         });
     }
 }
 
+/// Run each worker's task list, worker `w` of the current pool taking `per_worker[w]`.
+fn run_tasks(ctx: &BatchContext<'_>, per_worker: Vec<Vec<Task<'_>>>) {
+    // One uncontended lock per worker and phase, to hand each worker its task list.
+    let per_worker: Vec<Mutex<Vec<Task<'_>>>> = per_worker.into_iter().map(Mutex::new).collect();
+    rayon::broadcast(|b| {
+        let tasks = std::mem::take(&mut *per_worker[b.index()].lock().expect("not poisoned"));
+        for task in tasks {
+            ctx.run(task);
+        }
+    });
+}
+
+/// A cell of the output matrix: an `f32`, or one not initialised yet.
+trait Cell: Send {
+    fn set(&mut self, v: f32);
+    /// Set `dst` to the first `dst.len()` values of `src`.
+    #[inline(always)]
+    fn copy(dst: &mut [Self], src: &[f32])
+    where
+        Self: Sized,
+    {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            d.set(v);
+        }
+    }
+}
+
+impl Cell for f32 {
+    #[inline(always)]
+    fn set(&mut self, v: f32) {
+        *self = v;
+    }
+}
+
+impl Cell for std::mem::MaybeUninit<f32> {
+    #[inline(always)]
+    fn set(&mut self, v: f32) {
+        self.write(v);
+    }
+}
+
 /// Split `buf` into one block per shard of `part` (`cols` values per row).
-fn shard_blocks<'a>(part: &Partition, cols: usize, mut buf: &'a mut [f32]) -> Vec<&'a mut [f32]> {
+fn shard_blocks<'a, T, R>(
+    part: &Partition<R>,
+    cols: usize,
+    mut buf: &'a mut [T],
+) -> Vec<&'a mut [T]> {
     let mut blocks = Vec::with_capacity(part.offsets.len() - 1);
     for w in part.offsets.windows(2) {
         let (head, rest) = buf.split_at_mut((w[1] - w[0]) as usize * cols);
@@ -352,10 +619,37 @@ pub struct FeatureEngine {
     merchant: MerchantParams,
     user: UserParams,
     cards: Vec<EntityTable<Card>>,
-    merchants: Vec<EntityTable<Merchant>>,
+    merchants: Vec<MerchantShard>,
     users: Vec<EntityTable<User>>,
+    /// (category, country) pair symbols of every card's combinations.
+    pairs: Pairs,
     newest: Option<i64>,
     pool: Option<rayon::ThreadPool>,
+    /// Working buffers of `process`, kept between batches (not state).
+    buffers: BatchBuffers,
+}
+
+/// Per-batch working buffers: each shard task's output block and the merchant symbols the
+/// card tasks read. Every cell used by a batch is written before it is read, so they are
+/// reused without clearing.
+#[derive(Default)]
+struct BatchBuffers {
+    card_out: Vec<f32>,
+    merchant_out: Vec<f32>,
+    user_out: Vec<f32>,
+    merchant_sym: Vec<AtomicU32>,
+}
+
+/// The first `len` elements of `v`, grown when shorter; a buffer much longer than needed
+/// (after a very large batch) is released first.
+fn reuse<T>(v: &mut Vec<T>, len: usize, make: impl FnMut() -> T) -> &mut [T] {
+    if v.len() > 4 * len && v.len() > 1 << 20 {
+        *v = Vec::new();
+    }
+    if v.len() < len {
+        v.resize_with(len, make);
+    }
+    &mut v[..len]
 }
 
 impl std::fmt::Debug for FeatureEngine {
@@ -382,15 +676,7 @@ impl FeatureEngine {
             ),
         };
         let lateness = config.allowed_lateness_ms;
-        let cw = &config.card_windows_ms;
-        let longest = (0..cw.len())
-            .max_by_key(|&i| (cw[i], std::cmp::Reverse(i)))
-            .unwrap_or(0);
-        let card = CardParams {
-            windows: cw.clone(),
-            longest,
-            retention: cw[longest] + lateness,
-        };
+        let card = CardParams::new(&config.card_windows_ms, lateness);
         let merchant = MerchantParams {
             windows: config.merchant_windows_ms.clone(),
             retention: max_window(&config.merchant_windows_ms) + lateness,
@@ -406,10 +692,12 @@ impl FeatureEngine {
             merchant,
             user,
             cards: (0..shards).map(|_| EntityTable::default()).collect(),
-            merchants: (0..shards).map(|_| EntityTable::default()).collect(),
+            pairs: Pairs::default(),
+            merchants: (0..shards).map(|_| MerchantShard::default()).collect(),
             users: (0..shards).map(|_| EntityTable::default()).collect(),
             newest: None,
             pool,
+            buffers: BatchBuffers::default(),
             config,
         })
     }
@@ -444,8 +732,13 @@ impl FeatureEngine {
     /// Features of a batch as a row-major `n × width()` matrix (see [`Self::process_into`]).
     pub fn process(&mut self, cols: &Columns<'_>) -> TxResult<Vec<f32>> {
         let n = cols.validate()?;
-        let mut out = vec![0f32; n * self.layout.width];
-        self.process_validated(cols, n, &mut out);
+        let len = n * self.layout.width;
+        let mut out = Vec::with_capacity(len);
+        self.process_validated(cols, n, &mut out.spare_capacity_mut()[..len]);
+        // SAFETY: `process_validated` writes every cell of every one of the `n` rows (the
+        // gather fills the card, merchant and user columns of each row), so the first `len`
+        // elements are initialised.
+        unsafe { out.set_len(len) };
         Ok(out)
     }
 
@@ -464,7 +757,7 @@ impl FeatureEngine {
         Ok(())
     }
 
-    fn process_validated(&mut self, cols: &Columns<'_>, n: usize, out: &mut [f32]) {
+    fn process_validated<C: Cell>(&mut self, cols: &Columns<'_>, n: usize, out: &mut [C]) {
         if n == 0 {
             return;
         }
@@ -480,87 +773,138 @@ impl FeatureEngine {
             cards,
             merchants,
             users,
+            pairs,
             pool,
+            buffers,
             ..
         } = self;
         let mut work = move || {
-            let ((pc, pm), pu) = rayon::join(
+            let c = cols;
+            // The card order and the pair symbols of the rows, the merchant and user
+            // partitions in parallel; then the card events, themselves in parallel.
+            let ((card_order, pair_of_row), (pm, pu)) = rayon::join(
                 || {
                     rayon::join(
-                        || Partition::new(cols.card, shards, false),
-                        || Partition::new(cols.merchant, shards, false),
+                        || Order::new(c.card, shards, false),
+                        || -> Vec<u32> {
+                            c.category
+                                .iter()
+                                .zip(c.country)
+                                .map(|(&category, &country)| pairs.intern([category, country]))
+                                .collect()
+                        },
                     )
                 },
-                || Partition::new(cols.user, shards, true),
+                || {
+                    rayon::join(
+                        || {
+                            let o = Order::new(c.merchant, shards, false);
+                            Partition::new(o, |r, hash| MerchantRow {
+                                key: c.merchant[r],
+                                hash,
+                                t: c.ts_ms[r],
+                                row: r as u32,
+                            })
+                        },
+                        || {
+                            let o = Order::new(c.user, shards, true);
+                            Partition::new(o, |r, hash| UserRow {
+                                key: c.user[r],
+                                hash,
+                                t: c.ts_ms[r],
+                                card: c.card[r],
+                            })
+                        },
+                    )
+                },
             );
-            let mut card_out = vec![0f32; n * layout.card_cols];
-            let mut merchant_out = vec![0f32; n * nm];
-            let mut user_out = vec![0f32; pu.order.len() * nu];
-
-            // Shard s of every kind goes to worker s mod threads.
+            let pc = Partition::par_new(card_order, |r, hash| CardRow {
+                key: c.card[r],
+                hash,
+                t: c.ts_ms[r],
+                lat: c.lat[r],
+                lon: c.lon[r],
+                category: c.category[r],
+                country: c.country[r],
+                amount: c.amount[r] as f32,
+                pair: pair_of_row[r],
+                channel: c.channel[r],
+            });
+            let card_out = reuse(&mut buffers.card_out, n * layout.card_cols, || 0.0);
+            let merchant_out = reuse(&mut buffers.merchant_out, n * nm, || 0.0);
+            let user_out = reuse(&mut buffers.user_out, pu.events.len() * nu, || 0.0);
+            let merchant_sym = &*reuse(&mut buffers.merchant_sym, n, || AtomicU32::new(0));
             let threads = rayon::current_num_threads().max(1);
-            let mut per_worker: Vec<Vec<Task<'_>>> = (0..threads).map(|_| Vec::new()).collect();
-            let blocks = shard_blocks(&pc, layout.card_cols, &mut card_out);
-            for (s, (t, block)) in cards.iter_mut().zip(blocks).enumerate() {
-                if !block.is_empty() {
-                    per_worker[s % threads].push(Task::Cards(t, pc.rows(s), block));
-                }
-            }
-            let blocks = shard_blocks(&pm, nm, &mut merchant_out);
-            for (s, (t, block)) in merchants.iter_mut().zip(blocks).enumerate() {
-                if !pm.rows(s).is_empty() {
-                    per_worker[s % threads].push(Task::Merchants(t, pm.rows(s), block));
-                }
-            }
-            let blocks = shard_blocks(&pu, nu, &mut user_out);
-            for (s, (t, block)) in users.iter_mut().zip(blocks).enumerate() {
-                if !pu.rows(s).is_empty() {
-                    per_worker[s % threads].push(Task::Users(t, pu.rows(s), block));
-                }
-            }
             let ctx = BatchContext {
-                cols: *cols,
                 card,
                 merchant,
                 user,
+                pairs,
+                shards,
+                card_rank: &pc.rank,
+                merchant_sym,
             };
-            // One uncontended lock per worker and batch, to hand each worker its task list.
-            let per_worker: Vec<Mutex<Vec<Task<'_>>>> =
-                per_worker.into_iter().map(Mutex::new).collect();
-            rayon::broadcast(|b| {
-                let tasks =
-                    std::mem::take(&mut *per_worker[b.index()].lock().expect("not poisoned"));
-                for task in tasks {
-                    ctx.run(task);
-                }
-            });
 
-            // Gather the rows.
+            // Shard s of every kind goes to worker s mod threads. Merchants (which name
+            // themselves with symbols) and users first, then cards (which use the symbols).
+            let mut per_worker: Vec<Vec<Task<'_>>> = (0..threads).map(|_| Vec::new()).collect();
+            let blocks = shard_blocks(&pm, nm, merchant_out);
+            for (s, (t, block)) in merchants.iter_mut().zip(blocks).enumerate() {
+                let events = pm.events(s);
+                if !events.is_empty() {
+                    per_worker[s % threads].push(Task::Merchants(t, s, events, block));
+                }
+            }
+            let blocks = shard_blocks(&pu, nu, user_out);
+            for (s, (t, block)) in users.iter_mut().zip(blocks).enumerate() {
+                let events = pu.events(s);
+                if !events.is_empty() {
+                    per_worker[s % threads].push(Task::Users(t, events, block));
+                }
+            }
+            run_tasks(&ctx, per_worker);
+
+            let mut per_worker: Vec<Vec<Task<'_>>> = (0..threads).map(|_| Vec::new()).collect();
+            let blocks = shard_blocks(&pc, layout.card_cols, card_out);
+            for (s, (t, block)) in cards.iter_mut().zip(blocks).enumerate() {
+                let events = pc.events(s);
+                if !events.is_empty() {
+                    let syms = &merchant_sym[pc.range(s)];
+                    per_worker[s % threads].push(Task::Cards(t, events, syms, block));
+                }
+            }
+            run_tasks(&ctx, per_worker);
+
+            // Gather the rows (prefetching the card block rows a few rows ahead).
             const ROWS_PER_CHUNK: usize = 512;
+            const GATHER_AHEAD: usize = 8;
             out.par_chunks_mut(ROWS_PER_CHUNK * layout.width)
                 .enumerate()
                 .for_each(|(chunk, rows)| {
                     for (i, row) in rows.chunks_exact_mut(layout.width).enumerate() {
                         let r = chunk * ROWS_PER_CHUNK + i;
+                        if let Some(&ahead) = pc.rank.get(r + GATHER_AHEAD) {
+                            let cc = layout.card_cols;
+                            let start = ahead as usize * cc;
+                            store::prefetch_lines(&card_out[start..start + cc], 4);
+                        }
+                        let (card_cols, rest) = row.split_at_mut(layout.card_cols);
+                        let (merchant_cols, user_cols) = rest.split_at_mut(nm);
                         let pos = pc.rank[r] as usize;
-                        let cc = layout.card_cols;
-                        row[..cc].copy_from_slice(&card_out[pos * cc..(pos + 1) * cc]);
+                        C::copy(card_cols, &card_out[pos * layout.card_cols..]);
                         let pos = pm.rank[r] as usize;
-                        row[layout.merchant_col..layout.user_col]
-                            .copy_from_slice(&merchant_out[pos * nm..(pos + 1) * nm]);
-                        let user_cols = &mut row[layout.user_col..];
+                        C::copy(merchant_cols, &merchant_out[pos * nm..]);
                         match pu.rank[r] {
-                            u32::MAX => user_cols.fill(-1.0),
-                            pos => {
-                                let pos = pos as usize;
-                                user_cols.copy_from_slice(&user_out[pos * nu..(pos + 1) * nu]);
-                            }
+                            u32::MAX => user_cols.iter_mut().for_each(|c| c.set(-1.0)),
+                            pos => C::copy(user_cols, &user_out[pos as usize * nu..]),
                         }
                     }
                 });
         };
         match pool {
             Some(pool) => pool.install(work),
+            // On a worker of the global pool, so that the phases below start from inside it.
+            None if rayon::current_thread_index().is_none() => rayon::join(work, || ()).0,
             None => work(),
         }
     }
@@ -578,10 +922,12 @@ impl FeatureEngine {
             watermark.saturating_sub(self.config.ttl_for(max_window(&self.merchant.windows)));
         let user_before =
             watermark.saturating_sub(self.config.ttl_for(max_window(&self.user.windows)));
+        let shards = self.config.shards;
         let FeatureEngine {
             cards,
             merchants,
             users,
+            pairs,
             pool,
             ..
         } = self;
@@ -592,12 +938,64 @@ impl FeatureEngine {
                 .sum();
             let m: usize = merchants
                 .par_iter_mut()
-                .map(|t| t.evict(|e| e.newest().is_none_or(|n| n < merchant_before)))
+                .map(|shard| {
+                    shard
+                        .table
+                        .evict(|e| e.newest().is_none_or(|n| n < merchant_before))
+                })
                 .sum();
             let u: usize = users
                 .par_iter_mut()
                 .map(|t| t.evict(|e| e.summary().1 < user_before))
                 .sum();
+            // Pair symbols still used by a card's combination.
+            let pair_marks: Vec<AtomicU64> = (0..pairs.id_bound().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect();
+            cards.par_iter().for_each(|t| {
+                for e in t.iter() {
+                    e.for_each_combo(|combo| {
+                        let id = (combo >> 32) as usize;
+                        pair_marks[id / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
+                    });
+                }
+            });
+            pairs.retain(|id| {
+                let id = id as usize;
+                pair_marks[id / 64].load(Ordering::Relaxed) & (1 << (id % 64)) != 0
+            });
+            // Merchant symbols still named by a merchant or by a card's combination.
+            let marks: Vec<Vec<AtomicU64>> = merchants
+                .iter()
+                .map(|m| {
+                    (0..m.syms.id_bound().div_ceil(64))
+                        .map(|_| AtomicU64::new(0))
+                        .collect()
+                })
+                .collect();
+            let mark = |global: u32| {
+                let (s, local) = (global as usize % shards, global as usize / shards);
+                marks[s][local / 64].fetch_or(1 << (local % 64), Ordering::Relaxed);
+            };
+            cards.par_iter().for_each(|t| {
+                for e in t.iter() {
+                    e.for_each_combo(|combo| mark(combo as u32));
+                }
+            });
+            merchants.par_iter().for_each(|shard| {
+                for e in shard.table.iter() {
+                    mark(e.sym());
+                }
+            });
+            merchants
+                .par_iter_mut()
+                .zip(&marks)
+                .for_each(|(shard, marks)| {
+                    shard.syms.retain(|local| {
+                        let local = local as usize;
+                        marks[local / 64].load(Ordering::Relaxed) & (1 << (local % 64)) != 0
+                    });
+                });
             c + m + u
         };
         match pool {
@@ -609,37 +1007,48 @@ impl FeatureEngine {
     /// Entity counts, retained events and heap bytes of the state.
     pub fn stats(&self) -> Stats {
         fn kind<E: Keyed + Sync>(
-            tables: &[EntityTable<E>],
-            measure: impl Fn(&E) -> (usize, usize) + Sync,
+            table: &EntityTable<E>,
+            measure: impl Fn(&E) -> (usize, usize),
         ) -> (usize, usize, usize) {
-            tables
-                .par_iter()
-                .map(|t| {
-                    let (mut events, mut bytes) = (0, t.own_heap_bytes());
-                    for e in t.iter() {
-                        let (n, b) = measure(e);
-                        events += n;
-                        bytes += b;
-                    }
-                    (t.len(), events, bytes)
-                })
-                .reduce(|| (0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+            let (mut events, mut bytes) = (0, table.own_heap_bytes());
+            for e in table.iter() {
+                let (n, b) = measure(e);
+                events += n;
+                bytes += b;
+            }
+            (table.len(), events, bytes)
+        }
+        fn add(a: (usize, usize, usize), b: (usize, usize, usize)) -> (usize, usize, usize) {
+            (a.0 + b.0, a.1 + b.1, a.2 + b.2)
         }
         self.install(|| {
+            let shards = self.config.shards;
+            let (cards, card_events, card_bytes) = self
+                .cards
+                .par_iter()
+                .map(|t| kind(t, |e| (e.summary().0, e.heap_bytes())))
+                .reduce(|| (0, 0, 0), add);
+            let (merchants, merchant_events, merchant_bytes) = self
+                .merchants
+                .par_iter()
+                .map(|s| {
+                    let (n, events, bytes) = kind(&s.table, |e| (e.len(), e.heap_bytes()));
+                    (n, events, bytes + s.syms.heap_bytes())
+                })
+                .reduce(|| (0, 0, 0), add);
+            let (users, user_events, user_bytes) = self
+                .users
+                .par_iter()
+                .map(|t| kind(t, |e| (e.summary().0, e.heap_bytes())))
+                .reduce(|| (0, 0, 0), add);
             // The three per-kind shard vectors themselves.
-            let shard_vec =
-                store::heap_bytes(self.config.shards * std::mem::size_of::<EntityTable<Card>>());
-            let (cards, card_events, card_bytes) =
-                kind(&self.cards, |e| (e.summary().0, e.heap_bytes()));
-            let (merchants, merchant_events, merchant_bytes) =
-                kind(&self.merchants, |e| (e.len(), e.heap_bytes()));
-            let (users, user_events, user_bytes) =
-                kind(&self.users, |e| (e.summary().0, e.heap_bytes()));
-            let (card_bytes, merchant_bytes, user_bytes) = (
-                card_bytes + shard_vec,
-                merchant_bytes + shard_vec,
-                user_bytes + shard_vec,
-            );
+            let card_bytes = card_bytes
+                + self.pairs.heap_bytes()
+                + store::heap_bytes(shards * std::mem::size_of::<EntityTable<Card>>());
+            let merchant_bytes =
+                merchant_bytes + store::heap_bytes(shards * std::mem::size_of::<MerchantShard>());
+            let user_bytes =
+                user_bytes + store::heap_bytes(shards * std::mem::size_of::<EntityTable<User>>());
             Stats {
                 cards,
                 merchants,
@@ -670,12 +1079,16 @@ impl FeatureEngine {
         w.u32(c.shards as u32);
         w.u8(u8::from(self.newest.is_some()));
         w.i64(self.newest.unwrap_or(0));
+        for shard in &self.merchants {
+            shard.syms.write_to(&mut w);
+        }
+        self.pairs.write_to(&mut w);
         w.u64(self.cards.iter().map(|t| t.len() as u64).sum());
         for e in self.cards.iter().flat_map(|t| t.iter()) {
             e.write_to(&mut w);
         }
-        w.u64(self.merchants.iter().map(|t| t.len() as u64).sum());
-        for e in self.merchants.iter().flat_map(|t| t.iter()) {
+        w.u64(self.merchants.iter().map(|s| s.table.len() as u64).sum());
+        for e in self.merchants.iter().flat_map(|s| s.table.iter()) {
             e.write_to(&mut w);
         }
         w.u64(self.users.iter().map(|t| t.len() as u64).sum());
@@ -739,22 +1152,48 @@ impl FeatureEngine {
         let newest = r.i64()?;
         engine.newest = has_newest.then_some(newest);
 
+        let merchant_syms = (0..shards)
+            .map(|_| Symbols::<u64>::read_from(&mut r, "merchant"))
+            .collect::<TxResult<Vec<_>>>()?;
+        let pairs = Pairs::read_from(&mut r, "pair")?;
+        let merchant_ok = |global: u32| {
+            let (s, local) = (global as usize % shards, global as usize / shards);
+            local <= u32::MAX as usize && merchant_syms[s].is_used(local as u32)
+        };
+
         let n = r.count(36)?;
         let mut parts: Vec<Vec<Card>> = (0..shards).map(|_| Vec::new()).collect();
         let mut scratch = CardScratch::default();
         for _ in 0..n {
-            let e = Card::read_from(&mut r, &mut scratch)?;
+            let e = Card::read_from(&mut r, &mut scratch, &merchant_ok, &pairs)?;
             parts[shard_of(e.key(), shards)].push(e);
         }
         engine.cards = collect_tables(parts, "card")?;
+        engine.pairs = pairs;
 
-        let n = r.count(20)?;
+        let n = r.count(24)?;
         let mut parts: Vec<Vec<Merchant>> = (0..shards).map(|_| Vec::new()).collect();
         for _ in 0..n {
             let e = Merchant::read_from(&mut r)?;
-            parts[shard_of(e.key(), shards)].push(e);
+            let s = shard_of(e.key(), shards);
+            let (sym_shard, local) = (e.sym() as usize % shards, e.sym() as usize / shards);
+            if sym_shard != s
+                || !merchant_syms[s].is_used(local as u32)
+                || merchant_syms[s].key(local as u32) != e.key()
+            {
+                return Err(TxError::Snapshot(format!(
+                    "merchant {}: bad symbol",
+                    e.key()
+                )));
+            }
+            parts[s].push(e);
         }
-        engine.merchants = collect_tables(parts, "merchant")?;
+        let tables = collect_tables(parts, "merchant")?;
+        engine.merchants = tables
+            .into_iter()
+            .zip(merchant_syms)
+            .map(|(table, syms)| MerchantShard { table, syms })
+            .collect();
 
         let n = r.count(12)?;
         let mut parts: Vec<Vec<User>> = (0..shards).map(|_| Vec::new()).collect();

@@ -7,9 +7,13 @@
 //! config   u32 n + n × i64 card windows, same for merchant and user windows,
 //!          i64 allowed lateness, u8 has TTL + i64 TTL, u32 shards
 //! engine   u8 has newest + i64 newest event time seen
+//! symbols  per merchant shard, its merchant symbols; then the (category, country) pair
+//!          symbols: u32 n, n keys (u64 merchant key, or u64 category + u64 country; zeros
+//!          for free ids), ceil(n / 64) × u64 occupancy bits (see `symbols.rs`)
 //! cards    u64 n, then per card: u64 key, f64 lat, f64 lon, i64 t_loc,
 //!          u32 n_words, n_words × u64 (the card buffer, see `card.rs`)
-//! merchants u64 n, then per merchant: u64 key, i64 base, u32 n, n × u32 offsets
+//! merchants u64 n, then per merchant: u64 key, u32 global merchant symbol, i64 base,
+//!          u32 n, n × u32 offsets
 //! users    u64 n, then per user: u64 key, u32 n_words, n_words × u32 (see `user.rs`)
 //! trailer  u64 checksum of every byte before it
 //! ```
@@ -19,7 +23,7 @@ use crate::error::{TxError, TxResult};
 /// Magic bytes at the start of every snapshot.
 pub const MAGIC: &[u8; 4] = b"TXFS";
 /// Version of the snapshot layout written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Checksum of a byte string (64-bit multiply-xor over 8-byte words, then `mix64`).
 pub(crate) fn checksum(bytes: &[u8]) -> u64 {
@@ -133,6 +137,10 @@ impl<'a> Reader<'a> {
             return Err(truncated());
         }
         Ok(n as usize)
+    }
+    /// Bytes left.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
     }
     pub(crate) fn is_at_end(&self) -> bool {
         self.pos == self.bytes.len()

@@ -1,16 +1,20 @@
 //! Entity storage shared by the three kinds: a slab of entities plus an open-addressing
 //! index of slab positions, with capacities that are a pure function of the length.
 //!
-//! Every growable buffer of the state (slabs, indexes, per-entity buffers, merchant deques)
-//! has a capacity determined by its length alone ([`size_class`], [`index_slots`]), so the
-//! memory footprint depends only on the logical state: a restored snapshot reports the same
-//! `state_bytes` as the engine that wrote it.
+//! Every growable buffer of the state (slabs, indexes, per-entity buffers, merchant deques,
+//! symbol tables) has a capacity determined by its length alone ([`size_class`],
+//! [`index_slots`], [`fit_class`]), so the memory footprint depends only on the logical
+//! state: a restored snapshot reports the same `state_bytes` as the engine that wrote it.
 //!
-//! The index is a flat array of `u64` slots, `fingerprint (high 32 bits of the hash) |
-//! slab position + 1`, probed linearly from the low bits of the hash. Because a slot's address
-//! is known from the key alone, batch loops can prefetch the slot, then the slab entry, then
-//! the entity's own buffer several events ahead ([`EntityTable::prefetch_slot`],
-//! [`EntityTable::peek`]); random state access is what bounds throughput.
+//! Keys are hashed once per batch row with [`key_hash`]: the high bits pick the shard
+//! ([`shard_of_hash`]), the low 32 bits the home slot in the shard's index and the bits above
+//! them a fingerprint. The index is a flat array of `u32` slots, each holding the slab
+//! position plus one in its low bits (as many as the slot count needs) and the fingerprint in
+//! the others, probed linearly. Its size is not a power of two but about 1.5 slots per
+//! entity, ~6 bytes per entity. Because a slot's address is known from the hash alone, batch
+//! loops can prefetch the slot, then the slab entry, then the entity's own buffer several
+//! events ahead ([`EntityTable::prefetch_slot`], [`EntityTable::guess`],
+//! [`EntityTable::find`]); random state access is what bounds throughput.
 
 use crate::hash::mix64;
 
@@ -26,17 +30,32 @@ pub(crate) fn size_class(n: usize) -> usize {
     n.div_ceil(granule) * granule
 }
 
-/// Index slots for `len` entities: the smallest power of two (at least 8) at most 3/4 full.
+/// Capacity, in elements of `unit` bytes (4 or 8), for a buffer holding `n` elements such
+/// that the malloc chunk (8-byte header, 16-byte alignment) has no padding: the size class
+/// of `n` plus the header, minus the header, the size class rounding to at least
+/// `min_granule` elements (a multiple of 4; larger means fewer reallocations while a buffer
+/// grows). Deterministic in `n`, never below `n`.
+#[inline]
+pub(crate) fn fit_class(n: usize, unit: usize, min_granule: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let header = 8 / unit;
+    let m = (n + header).max(32 / unit);
+    let granule = ((1usize << m.ilog2()) / 16).max(min_granule);
+    m.div_ceil(granule) * granule - header
+}
+
+/// Index slots for `len` entities: about 1.5 to 1.9 per entity, rounded up to a granule of
+/// 1/4 of a power of two so that growth rebuilds the index every ~len/6 inserts.
 #[inline]
 pub(crate) fn index_slots(len: usize) -> usize {
     if len == 0 {
         return 0;
     }
-    let mut slots = 8;
-    while len * 4 > slots * 3 {
-        slots *= 2;
-    }
-    slots
+    let target = (len + len / 2 + 1).max(8);
+    let granule = ((1usize << target.ilog2()) / 4).max(1);
+    target.div_ceil(granule) * granule
 }
 
 /// Bytes a heap allocation of `n` bytes really takes with glibc malloc on 64-bit targets
@@ -50,17 +69,41 @@ pub(crate) fn heap_bytes(n: usize) -> usize {
     }
 }
 
-/// Hash of an entity key inside its shard's index; independent of the shard choice, which
-/// uses the high bits of `mix64(key)`.
+/// Hash of an entity key: shard (high bits), index home slot (low 32 bits), fingerprint.
 #[inline]
-pub(crate) fn index_hash(key: u64) -> u64 {
-    mix64(key ^ 0x5851_f42d_4c95_7f2d)
+pub(crate) fn key_hash(key: u64) -> u64 {
+    mix64(key)
+}
+
+/// Shard of a key hash among `shards`.
+#[inline]
+pub(crate) fn shard_of_hash(hash: u64, shards: usize) -> usize {
+    ((u128::from(hash) * shards as u128) >> 64) as usize
 }
 
 /// Shard of an entity key among `shards`.
 #[inline]
 pub(crate) fn shard_of(key: u64, shards: usize) -> usize {
-    ((u128::from(mix64(key)) * shards as u128) >> 64) as usize
+    shard_of_hash(key_hash(key), shards)
+}
+
+/// Home slot of a hash in an index of `n` slots (multiply-shift on the low 32 bits).
+#[inline]
+fn home(hash: u64, n: usize) -> usize {
+    ((hash & 0xFFFF_FFFF).wrapping_mul(n as u64) >> 32) as usize
+}
+
+/// Bits of a slot that hold the position (+1) in an index of `n` slots.
+#[inline]
+fn position_bits(n: usize) -> u32 {
+    usize::BITS - n.leading_zeros()
+}
+
+/// Slot value of `position` with the fingerprint of `hash`, in an index of `n` slots.
+#[inline]
+fn slot_value(hash: u64, position: usize, n: usize) -> u32 {
+    let bits = position_bits(n);
+    (((hash >> 32) << bits) | (position as u64 + 1)) as u32
 }
 
 /// Resize a boxed buffer to exactly `len` elements (with `realloc`, so often in place).
@@ -90,6 +133,22 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Prefetch the cache lines of `data`: all of them up to `max_lines`, else the first
+/// `max_lines - 1` and the last.
+#[inline(always)]
+pub(crate) fn prefetch_lines<T>(data: &[T], max_lines: usize) {
+    let bytes = std::mem::size_of_val(data);
+    if bytes == 0 {
+        return;
+    }
+    let p = data.as_ptr().cast::<u8>();
+    let lines = bytes.div_ceil(64).min(max_lines);
+    for i in 0..lines {
+        prefetch(p.wrapping_add(i * 64));
+    }
+    prefetch(p.wrapping_add(bytes - 1));
+}
+
 /// Something stored in an [`EntityTable`].
 pub(crate) trait Keyed {
     /// The entity key (`hash_id` of its identifier).
@@ -100,7 +159,7 @@ pub(crate) trait Keyed {
 
 /// Entities of one kind in one shard.
 pub(crate) struct EntityTable<E> {
-    slots: Vec<u64>,
+    slots: Vec<u32>,
     slab: Vec<E>,
 }
 
@@ -113,11 +172,6 @@ impl<E> Default for EntityTable<E> {
     }
 }
 
-#[inline]
-fn slot_of(hash: u64, position: usize) -> u64 {
-    (hash & 0xFFFF_FFFF_0000_0000) | (position as u64 + 1)
-}
-
 impl<E: Keyed> EntityTable<E> {
     /// Build a table from entities (restore); `None` if two share a key.
     pub(crate) fn from_entities(entities: Vec<E>) -> Option<Self> {
@@ -128,9 +182,8 @@ impl<E: Keyed> EntityTable<E> {
             slab,
         };
         table.rebuild_index();
-        for e in &table.slab {
-            let i = table.find(e.key())?;
-            if !std::ptr::eq(&table.slab[i], e) {
+        for (i, e) in table.slab.iter().enumerate() {
+            if table.find(e.key(), key_hash(e.key())) != Some(i) {
                 return None;
             }
         }
@@ -139,78 +192,84 @@ impl<E: Keyed> EntityTable<E> {
 
     fn rebuild_index(&mut self) {
         let n = index_slots(self.slab.len());
-        let mut slots = vec![0u64; n];
-        let mask = n.wrapping_sub(1);
+        let mut slots = vec![0u32; n];
         for (position, e) in self.slab.iter().enumerate() {
-            let hash = index_hash(e.key());
-            let mut i = hash as usize & mask;
+            let hash = key_hash(e.key());
+            let mut i = home(hash, n);
             while slots[i] != 0 {
-                i = (i + 1) & mask;
+                i += 1;
+                if i == n {
+                    i = 0;
+                }
             }
-            slots[i] = slot_of(hash, position);
+            slots[i] = slot_value(hash, position, n);
         }
         self.slots = slots;
     }
 
-    /// Slab position of `key`.
+    /// Slab position of `key` (whose [`key_hash`] is `hash`).
     #[inline]
-    fn find(&self, key: u64) -> Option<usize> {
-        if self.slots.is_empty() {
+    pub(crate) fn find(&self, key: u64, hash: u64) -> Option<usize> {
+        let n = self.slots.len();
+        if n == 0 {
             return None;
         }
-        let hash = index_hash(key);
-        let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
+        let bits = position_bits(n);
+        let mask = ((1u64 << bits) - 1) as u32;
+        let fp = slot_value(hash, 0, n) & !mask;
+        let mut i = home(hash, n);
         loop {
             let s = self.slots[i];
             if s == 0 {
                 return None;
             }
-            if (s ^ hash) >> 32 == 0 {
-                let position = (s as u32 - 1) as usize;
+            if s & !mask == fp {
+                let position = (s & mask) as usize - 1;
                 if self.slab[position].key() == key {
                     return Some(position);
                 }
             }
-            i = (i + 1) & mask;
+            i += 1;
+            if i == n {
+                i = 0;
+            }
         }
     }
 
-    /// Prefetch the index slot where a lookup of `key` starts.
+    /// Prefetch the index slot where a lookup of `hash` starts.
     #[inline]
-    pub(crate) fn prefetch_slot(&self, key: u64) {
-        if !self.slots.is_empty() {
-            let i = index_hash(key) as usize & (self.slots.len() - 1);
-            prefetch(&self.slots[i]);
+    pub(crate) fn prefetch_slot(&self, hash: u64) {
+        let n = self.slots.len();
+        if n != 0 {
+            prefetch(&self.slots[home(hash, n)]);
         }
     }
 
-    /// Slab entry the index names for `key`'s fingerprint, without reading the slab (a guess,
-    /// for prefetching only).
+    /// Slab position the index names for `hash`'s fingerprint, without reading the slab (a
+    /// guess: the entity there may have another key).
     #[inline]
-    pub(crate) fn guess(&self, key: u64) -> Option<*const E> {
-        if self.slots.is_empty() {
+    pub(crate) fn guess(&self, hash: u64) -> Option<usize> {
+        let n = self.slots.len();
+        if n == 0 {
             return None;
         }
-        let hash = index_hash(key);
-        let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
+        let bits = position_bits(n);
+        let mask = ((1u64 << bits) - 1) as u32;
+        let fp = slot_value(hash, 0, n) & !mask;
+        let mut i = home(hash, n);
         loop {
             let s = self.slots[i];
             if s == 0 {
                 return None;
             }
-            if (s ^ hash) >> 32 == 0 {
-                return Some(self.slab.as_ptr().wrapping_add((s as u32 - 1) as usize));
+            if s & !mask == fp {
+                return Some((s & mask) as usize - 1);
             }
-            i = (i + 1) & mask;
+            i += 1;
+            if i == n {
+                i = 0;
+            }
         }
-    }
-
-    /// The entity with `key`, if present (read-only, for prefetching).
-    #[inline]
-    pub(crate) fn peek(&self, key: u64) -> Option<&E> {
-        self.find(key).map(|i| &self.slab[i])
     }
 
     /// Number of entities.
@@ -223,29 +282,69 @@ impl<E: Keyed> EntityTable<E> {
         self.slab.iter()
     }
 
-    /// The entity with `key`, created with `make` when absent.
+    /// The entity at a slab position.
     #[inline]
-    pub(crate) fn get_or_insert_with(&mut self, key: u64, make: impl FnOnce() -> E) -> &mut E {
-        if let Some(i) = self.find(key) {
-            return &mut self.slab[i];
+    pub(crate) fn at(&self, position: usize) -> &E {
+        &self.slab[position]
+    }
+
+    /// Prefetch the slab entry at a position, both cache lines when it straddles two (no
+    /// effect if out of range).
+    #[inline]
+    pub(crate) fn prefetch_entry(&self, position: usize) {
+        let p = self.slab.as_ptr().wrapping_add(position).cast::<u8>();
+        prefetch(p);
+        prefetch(p.wrapping_add(std::mem::size_of::<E>().max(1) - 1));
+    }
+
+    /// The entity at a slab position, mutably (its key must not change).
+    #[inline]
+    pub(crate) fn at_mut(&mut self, position: usize) -> &mut E {
+        &mut self.slab[position]
+    }
+
+    /// Slab position of `key`, inserting `make()` when absent.
+    #[inline]
+    pub(crate) fn position_or_insert(
+        &mut self,
+        key: u64,
+        hash: u64,
+        make: impl FnOnce() -> E,
+    ) -> usize {
+        if let Some(i) = self.find(key, hash) {
+            return i;
         }
         let position = self.slab.len();
+        assert!(
+            position < u32::MAX as usize - 1,
+            "more than {} entities in one shard",
+            u32::MAX - 2
+        );
         if position == self.slab.capacity() {
             self.slab.reserve_exact(size_class(position + 1) - position);
         }
         self.slab.push(make());
-        if index_slots(self.slab.len()) != self.slots.len() {
+        let n = self.slots.len();
+        if index_slots(self.slab.len()) != n {
             self.rebuild_index();
         } else {
-            let hash = index_hash(key);
-            let mask = self.slots.len() - 1;
-            let mut i = hash as usize & mask;
+            let mut i = home(hash, n);
             while self.slots[i] != 0 {
-                i = (i + 1) & mask;
+                i += 1;
+                if i == n {
+                    i = 0;
+                }
             }
-            self.slots[i] = slot_of(hash, position);
+            self.slots[i] = slot_value(hash, position, n);
         }
-        &mut self.slab[position]
+        position
+    }
+
+    /// The entity with `key`, created with `make` when absent.
+    #[cfg(test)]
+    pub(crate) fn get_or_insert_with(&mut self, key: u64, make: impl FnOnce() -> E) -> &mut E {
+        let i = self.position_or_insert(key, key_hash(key), make);
+        &mut self.slab[i]
     }
 
     /// Drop the entities for which `evict` is true; returns how many were dropped.
@@ -263,7 +362,7 @@ impl<E: Keyed> EntityTable<E> {
     /// Heap bytes of the slab and the index (not of what the entities own).
     pub(crate) fn own_heap_bytes(&self) -> usize {
         heap_bytes(self.slab.capacity() * std::mem::size_of::<E>())
-            + heap_bytes(self.slots.capacity() * 8)
+            + heap_bytes(self.slots.capacity() * 4)
     }
 }
 
@@ -292,6 +391,30 @@ mod tests {
     }
 
     #[test]
+    fn fit_class_fills_malloc_chunks() {
+        for n in 1..5000 {
+            for unit in [4, 8] {
+                for g in [4, 8, 16] {
+                    let c = fit_class(n, unit, g);
+                    assert!(c >= n);
+                    assert_eq!(fit_class(c, unit, g), c, "n={n}");
+                    assert_eq!(heap_bytes(c * unit), c * unit + 8, "n={n} unit={unit}");
+                    assert!(fit_class(n - 1, unit, g) <= c);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn index_slots_keep_load_below_two_thirds() {
+        for len in 1..100_000 {
+            let n = index_slots(len);
+            assert!(n * 2 >= len * 3, "len={len} n={n}");
+            assert!(len >= 8 || n >= 8);
+        }
+    }
+
+    #[test]
     fn footprint_depends_only_on_the_length() {
         // Grown one insert at a time, with evictions, versus built from scratch.
         let mut grown: EntityTable<K> = EntityTable::default();
@@ -304,6 +427,10 @@ mod tests {
                 EntityTable::from_entities(grown.iter().map(|e| K(e.0)).collect()).unwrap();
             assert_eq!(grown.own_heap_bytes(), rebuilt.own_heap_bytes(), "k={k}");
         }
+        for e in grown.iter() {
+            assert_eq!(grown.at(grown.find(e.0, key_hash(e.0)).unwrap()).0, e.0);
+        }
+        assert_eq!(grown.find(5, key_hash(5)), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! ```
 
 use crate::engine::snapshot::{Reader, Writer};
-use crate::engine::store::{heap_bytes, prefetch, resize_exact, size_class, Keyed};
+use crate::engine::store::{fit_class, heap_bytes, prefetch_lines, resize_exact, Keyed};
 use crate::error::{TxError, TxResult};
 
 const HEADER_WORDS: usize = 4;
@@ -39,7 +39,7 @@ impl Keyed for User {
 
     #[inline]
     fn prefetch_data(&self) {
-        prefetch(self.buf.as_ptr());
+        prefetch_lines(&self.buf, 4);
     }
 }
 
@@ -51,7 +51,17 @@ pub(crate) struct UserScratch {
     cards: Vec<u64>,
     marks: Vec<bool>,
     live: Vec<u32>,
+    lo: Vec<i64>,
+    masks: Vec<u64>,
     words: Vec<u32>,
+}
+
+/// Capacity (words) of a user buffer using `n` words: at least 14 (one event of up to five
+/// cards, or a few events of one or two, without reallocating), growing 8 words at a time or
+/// more, no malloc padding.
+#[inline]
+fn capacity(n: usize) -> usize {
+    fit_class(n.max(14), 4, 8)
 }
 
 #[inline]
@@ -182,6 +192,99 @@ impl User {
         s: &mut UserScratch,
         out: &mut [f32],
     ) {
+        if !self.process_on_time(t, card, p, s, out) {
+            self.process_any(t, card, p, s, out);
+        }
+    }
+
+    /// [`User::process`] for an event at or after every event of a user with at most 64
+    /// cards (the usual case): one pass over the records, cards in a bitmask. False, with
+    /// nothing changed, otherwise.
+    fn process_on_time(
+        &mut self,
+        t: i64,
+        card: u64,
+        p: &UserParams,
+        s: &mut UserScratch,
+        out: &mut [f32],
+    ) -> bool {
+        let buf = &self.buf;
+        if buf.len() < HEADER_WORDS {
+            return false;
+        }
+        let n_rec = buf[0] as usize;
+        let nc = (buf[1] & 0xFF_FFFF) as usize;
+        let k = buf[1] >> 24;
+        if nc == 0 || nc > 64 {
+            return false;
+        }
+        let first = HEADER_WORDS + 2 * nc;
+        let current = buf[HEADER_WORDS..first]
+            .chunks_exact(2)
+            .position(|c| u64::from(c[0]) | (u64::from(c[1]) << 32) == card);
+        let cutoff = t.saturating_sub(p.retention);
+        s.lo.clear();
+        s.lo.extend(p.windows.iter().map(|&w| t.saturating_sub(w)));
+        s.masks.clear();
+        s.masks.resize(p.windows.len(), 0);
+        let mask = (1u32 << k) - 1;
+        let mut ts = (u64::from(buf[2]) | (u64::from(buf[3]) << 32)) as i64;
+        let (mut p0, mut last, mut kept, mut skip, mut used) = (0usize, None, 0i64, 0usize, 0u64);
+        for (i, &tag) in buf[first..first + n_rec].iter().enumerate() {
+            let code = tag & mask;
+            ts = ts.wrapping_add(i64::from(tag >> k));
+            if code == mask {
+                continue;
+            }
+            if ts > t {
+                return false;
+            }
+            if ts <= cutoff {
+                p0 += 1;
+                continue;
+            }
+            if last.is_none() {
+                (skip, kept) = (i, ts);
+            }
+            last = Some(ts);
+            used |= 1 << code;
+            for (m, &lo) in s.masks.iter_mut().zip(&s.lo) {
+                if ts > lo {
+                    *m |= 1 << code;
+                }
+            }
+        }
+        let (current_bit, new_card) = match current {
+            Some(c) => (1u64 << c, 0),
+            None => (0, 1),
+        };
+        for (slot, &m) in out.iter_mut().zip(&s.masks) {
+            *slot = ((m | current_bit).count_ones() + new_card) as f32;
+        }
+        // The event is kept (t > t - retention). In place when every card stays in use.
+        if let Some(last) = last {
+            let all = u64::MAX >> (64 - nc);
+            if (p0 == 0 || (used | current_bit) == all)
+                && self.try_slide(t, card, current, last, if p0 == 0 { 0 } else { skip }, kept)
+            {
+                return true;
+            }
+        }
+        decode(&self.buf, s).expect("user state is well-formed");
+        let pos = s.ts.len();
+        self.update(t, card, s, p0, pos, true, current);
+        true
+    }
+
+    /// [`User::process`] for any event, late ones included.
+    fn process_any(
+        &mut self,
+        t: i64,
+        card: u64,
+        p: &UserParams,
+        s: &mut UserScratch,
+        out: &mut [f32],
+    ) {
         decode(&self.buf, s).expect("user state is well-formed");
         let newest = s.ts.last().map_or(t, |&x| x.max(t));
         let cutoff = newest.saturating_sub(p.retention);
@@ -207,6 +310,29 @@ impl User {
         if p0 == 0 && !store {
             return;
         }
+        if p0 == 0
+            && pos == s.ts.len()
+            && !s.ts.is_empty()
+            && self.try_append(t, card, current, s.ts[pos - 1])
+        {
+            return;
+        }
+        self.update(t, card, s, p0, pos, store, current);
+    }
+
+    /// The general update (`s` holds the decoded state): drop the first `p0` events, insert
+    /// the current one at `pos` when `store`, drop unused cards, re-encode.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        t: i64,
+        card: u64,
+        s: &mut UserScratch,
+        p0: usize,
+        pos: usize,
+        store: bool,
+        current: Option<usize>,
+    ) {
         if p0 > 0 {
             s.ts.drain(..p0);
             s.code.drain(..p0);
@@ -243,9 +369,65 @@ impl User {
         }
         encode(s);
         let n = s.words.len();
-        let cap = size_class(n);
-        resize_exact(&mut self.buf, cap);
+        resize_exact(&mut self.buf, capacity(n));
         self.buf[..n].copy_from_slice(&s.words);
+    }
+
+    /// Append an on-time event in place (no pruning, no change of code width, no spacer
+    /// needed); false when the general path must re-encode instead. `current` is the index
+    /// of `card` among the user's cards, if it has it, `last` the time of the user's last
+    /// event (it has one).
+    fn try_append(&mut self, t: i64, card: u64, current: Option<usize>, last: i64) -> bool {
+        self.try_slide(t, card, current, last, 0, 0)
+    }
+
+    /// [`User::try_append`] after dropping the first `skip` records, when `skip > 0` the
+    /// first kept one being an event at `kept` and every card staying in use.
+    fn try_slide(
+        &mut self,
+        t: i64,
+        card: u64,
+        current: Option<usize>,
+        last: i64,
+        skip: usize,
+        kept: i64,
+    ) -> bool {
+        let n_rec = self.buf[0] as usize;
+        let nc = (self.buf[1] & 0xFF_FFFF) as usize;
+        let k = self.buf[1] >> 24;
+        let (c, new) = match current {
+            Some(c) => (c, false),
+            None => (nc, true),
+        };
+        let nc2 = nc + usize::from(new);
+        let gap = t.wrapping_sub(last) as u64;
+        if nc2 > MAX_CARDS
+            || code_bits(nc2) != k
+            || gap > (1u64 << (32 - k)) - 1
+            || n_rec >= u32::MAX as usize
+        {
+            return false;
+        }
+        let first = HEADER_WORDS + 2 * nc;
+        if skip > 0 {
+            self.buf.copy_within(first + skip..first + n_rec, first);
+            self.buf[first] &= (1 << k) - 1;
+            self.buf[2] = kept as u32;
+            self.buf[3] = (kept as u64 >> 32) as u32;
+        }
+        let n_keep = n_rec - skip;
+        let needed = first + n_keep + 1 + if new { 2 } else { 0 };
+        resize_exact(&mut self.buf, capacity(needed));
+        if new {
+            self.buf.copy_within(first..first + n_keep, first + 2);
+            self.buf[first] = card as u32;
+            self.buf[first + 1] = (card >> 32) as u32;
+        }
+        let first2 = HEADER_WORDS + 2 * nc2;
+        self.buf[first2 + n_keep] = ((gap as u32) << k) | c as u32;
+        self.buf[0] = n_keep as u32 + 1;
+        self.buf[1] = nc2 as u32 | (k << 24);
+        true
     }
 
     /// Append the snapshot form: key, used buffer words.
@@ -275,7 +457,7 @@ impl User {
         if used.contains(&false) {
             return Err(bad("unused card"));
         }
-        let mut buf = vec![0u32; size_class(n)].into_boxed_slice();
+        let mut buf = vec![0u32; capacity(n)].into_boxed_slice();
         buf[..n].copy_from_slice(&words);
         Ok(User { key, buf })
     }
