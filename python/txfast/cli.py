@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,15 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(package_name="txfast")
-def main() -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="TXFAST_LOG_LEVEL",
+    help="Log level of the txfast loggers (stderr).",
+)
+def main(log_level: str) -> None:
     """txfast: real-time transaction anomaly detection and alerting.
 
     \b
@@ -40,6 +49,13 @@ def main() -> None:
       txfast run --source simulate --store duckdb:var/txfast.duckdb --registry var/registry
       txfast alerts --store duckdb:var/txfast.duckdb --risk CRITICAL
     """
+    root = logging.getLogger()
+    if not root.handlers:  # a host that set up logging (or pytest) keeps its own
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)  # other libraries' warnings (psycopg's pool, …)
+    logging.getLogger("txfast").setLevel(log_level.upper())
 
 
 @main.command(context_settings=CONTEXT)
@@ -96,22 +112,136 @@ def features(data: str, out: str, mapping: str | None, config: str | None) -> No
     click.echo(f"wrote features of {rows:,} transactions to {out} ({len(rejected):,} rejected)")
 
 
+_MODEL_CHOICES = ["auto", "gbt", "isolation-forest", "iforest"]
+_AUTO_MIN_FRAUD = 20  # fewer fraud labels than this: --model auto trains an Isolation Forest
+
+
+def _threshold_options(f: Any) -> Any:
+    """The mutually exclusive threshold targets shared by `train` and `evaluate`."""
+    for option in reversed(
+        [
+            click.option(
+                "--target-alert-rate",
+                type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                default=None,
+                help="Threshold: share of transactions to flag [default: 0.01].",
+            ),
+            click.option(
+                "--alerts-per-day",
+                type=click.FloatRange(0, min_open=True),
+                default=None,
+                help="Threshold: alerts per day the analysts can review.",
+            ),
+            click.option(
+                "--target-precision",
+                type=click.FloatRange(0, 1, min_open=True),
+                default=None,
+                help="Threshold: precision to reach on the validation period (needs labels).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _targets(
+    target_alert_rate: float | None, alerts_per_day: float | None, target_precision: float | None
+) -> dict[str, Any]:
+    given = [v for v in (target_alert_rate, alerts_per_day, target_precision) if v is not None]
+    if len(given) > 1:
+        raise click.UsageError(
+            "give at most one of --target-alert-rate, --alerts-per-day, --target-precision"
+        )
+    return {
+        "target_alert_rate": target_alert_rate,
+        "alerts_per_day": alerts_per_day,
+        "target_precision": target_precision,
+    }
+
+
+def _gbt_params(
+    trees: int | None,
+    max_depth: int,
+    learning_rate: float,
+    scale_pos_weight: str,
+    validation_fraction: float,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "max_depth": max_depth,
+        "learning_rate": learning_rate,
+        "scale_pos_weight": scale_pos_weight,
+        "validation_fraction": validation_fraction,
+    }
+    if trees is not None:
+        params["n_estimators"] = trees
+    return params
+
+
+def _model_options(f: Any) -> Any:
+    """Hyper-parameters shared by `train` and `evaluate`."""
+    for option in reversed(
+        [
+            click.option(
+                "--trees",
+                type=click.IntRange(1),
+                default=None,
+                help="Trees [default: iforest 100; gbt at most 100, early-stopped].",
+            ),
+            click.option(
+                "--max-samples",
+                type=click.IntRange(2),
+                default=256,
+                show_default=True,
+                help="iforest",
+            ),
+            click.option(
+                "--max-depth", type=click.IntRange(1, 16), default=5, show_default=True, help="gbt"
+            ),
+            click.option(
+                "--learning-rate",
+                type=click.FloatRange(0, 1, min_open=True),
+                default=0.2,
+                show_default=True,
+                help="gbt",
+            ),
+            click.option(
+                "--scale-pos-weight",
+                default="sqrt",
+                show_default=True,
+                help="gbt fraud-class weight: sqrt (of negatives/positives), balanced, none or "
+                "a number.",
+            ),
+            click.option(
+                "--validation-fraction",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=0.2,
+                show_default=True,
+                help="gbt: latest share of the labelled rows held out (early stopping, "
+                "threshold, validation metrics).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 @main.command(context_settings=CONTEXT)
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--model",
     "kind",
-    type=click.Choice(["isolation-forest"]),
-    default="isolation-forest",
+    type=click.Choice(_MODEL_CHOICES),
+    default="auto",
     show_default=True,
+    help="auto: gbt when the history has legitimate and at least "
+    f"{_AUTO_MIN_FRAUD} fraud labels, else isolation-forest.",
 )
 @click.option("--registry", type=click.Path(file_okay=False), help="Registry directory.")
 @click.option("--name", default=None, help="Model name in the registry [default: default].")
 @click.option("--mapping", type=click.Path(exists=True, dir_okay=False), help="Column mapping.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
-@click.option("--trees", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--max-samples", type=click.IntRange(2), default=256, show_default=True)
-@click.option("--target-alert-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True)
+@_model_options
+@_threshold_options
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
     "--promote/--no-promote",
@@ -125,36 +255,84 @@ def train(
     name: str | None,
     mapping: str | None,
     config: str | None,
-    trees: int,
+    trees: int | None,
     max_samples: int,
-    target_alert_rate: float,
+    max_depth: int,
+    learning_rate: float,
+    scale_pos_weight: str,
+    validation_fraction: float,
+    target_alert_rate: float | None,
+    alerts_per_day: float | None,
+    target_precision: float | None,
     seed: int,
     promote: bool | None,
 ) -> None:
     """Train a model on features computed by the Rust core and register it.
 
+    The threshold and risk bands are calibrated to one target (an alert rate, alerts per
+    day or a precision) and stored with the model. Registration re-checks that the ONNX
+    graph scores like the native model (to 1e-5) and refuses it otherwise.
+
     \b
-    Example:
-      txfast train --data var/history.parquet --model isolation-forest --registry var/registry
+    Examples:
+      txfast train --data var/history.parquet --registry var/registry
+      txfast train --data var/history.parquet --model gbt --alerts-per-day 200
+      txfast train --data var/history.parquet --model gbt --target-precision 0.8
+      txfast train --data fraud.csv --mapping mapping.toml --model isolation-forest
     """
     from txfast.history import replay_features
     from txfast.registry import Registry
-    from txfast.training.isolation_forest import train_isolation_forest
 
+    targets = _targets(target_alert_rate, alerts_per_day, target_precision)
     settings = _settings(config, registry=registry, model_name=name)
     fs = replay_features(settings, data, _mapping(mapping))
     if len(fs.X) < 2:
         raise click.ClickException(f"{data} has fewer than 2 valid transactions")
-    trained = train_isolation_forest(
-        fs.X,
-        fs.feature_names,
-        fs.feature_version,
-        n_estimators=trees,
-        max_samples=max_samples,
-        target_alert_rate=target_alert_rate,
-        seed=seed,
-        time_range_ms=(int(fs.ts_ms.min()), int(fs.ts_ms.max())),
-    )
+    labelled = bool((fs.label == 1).any() and (fs.label == 0).any())
+    if kind == "auto":
+        enough = labelled and int((fs.label == 1).sum()) >= _AUTO_MIN_FRAUD
+        kind = "gbt" if enough else "isolation-forest"
+    try:
+        if kind == "gbt":
+            if not labelled:
+                raise click.ClickException(
+                    f"{data} has no fraud and legitimate labels: gbt needs them "
+                    "(use --model isolation-forest, or --mapping to name the label column)"
+                )
+            from txfast.training.gbt import train_gbt
+
+            trained = train_gbt(
+                fs.X,
+                fs.label,
+                fs.feature_names,
+                fs.feature_version,
+                ts_ms=fs.ts_ms,
+                seed=seed,
+                **_gbt_params(
+                    trees, max_depth, learning_rate, scale_pos_weight, validation_fraction
+                ),
+                **targets,
+            )
+        else:
+            from txfast.training.isolation_forest import train_isolation_forest
+
+            if target_precision is not None and not labelled:
+                raise click.UsageError("--target-precision needs a labelled history")
+            trained = train_isolation_forest(
+                fs.X,
+                fs.feature_names,
+                fs.feature_version,
+                n_estimators=trees or 100,
+                max_samples=max_samples,
+                labels=fs.label if labelled else None,
+                ts_ms=fs.ts_ms,
+                seed=seed,
+                **targets,
+            )
+    except ValueError as e:
+        if isinstance(e, TxfastError):
+            raise
+        raise click.ClickException(str(e)) from e
     meta = dict(trained.metadata)
     meta["training"] = {**meta["training"], "source": str(data), "rejected": len(fs.rejected)}
     reg = Registry(settings.registry)
@@ -162,12 +340,170 @@ def train(
         settings.model_name in reg.names() and reg.champion(settings.model_name) is not None
     )
     make_champion = promote if promote is not None else not has_champion
-    version = reg.register(settings.model_name, trained.onnx_bytes, meta, promote=make_champion)
+    version = trained.register(reg, settings.model_name, promote=make_champion, metadata=meta)
     state = "champion" if make_champion else "not promoted"
+    bands = meta.get("risk_bands") or {}
     click.echo(
         f"registered {settings.model_name}/{version.version} ({kind}, {len(fs.X):,} rows, "
         f"{len(fs.feature_names)} features) in {settings.registry} [{state}]"
     )
+    metrics = meta["metrics"]
+    extra = ""
+    if "validation_average_precision" in metrics:
+        extra = (
+            f"; validation AUC {metrics['validation_auc_roc']:.3f}, "
+            f"AP {metrics['validation_average_precision']:.3f}"
+        )
+    click.echo(
+        f"threshold {meta['threshold']:.6g}, bands MEDIUM {bands.get('medium', 0):.6g} / "
+        f"HIGH {bands.get('high', 0):.6g} / CRITICAL {bands.get('critical', 0):.6g}{extra}"
+    )
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--model",
+    "kinds",
+    type=click.Choice(["gbt", "iforest", "isolation-forest"]),
+    multiple=True,
+    help="Model(s) to evaluate (repeatable) [default: gbt and iforest].",
+)
+@click.option("--mapping", type=click.Path(exists=True, dir_okay=False), help="Column mapping.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
+@click.option("--train-days", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--delay-days", type=click.IntRange(0), default=7, show_default=True)
+@click.option("--test-days", type=click.IntRange(1), default=7, show_default=True)
+@click.option("--folds", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--step-days",
+    type=click.IntRange(1),
+    default=None,
+    help="Shift between folds [default: --test-days, reduced to fit the data].",
+)
+@click.option(
+    "--k",
+    "k",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Transactions / cards reviewed per day (precision@k, card precision@k).",
+)
+@_model_options
+@_threshold_options
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="var/evaluation/report.json",
+    show_default=True,
+    help="JSON report.",
+)
+@click.option(
+    "--png",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Precision-recall PNG [default: pr_curve.png beside --out].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def evaluate(
+    data: str,
+    kinds: tuple[str, ...],
+    mapping: str | None,
+    config: str | None,
+    train_days: int,
+    delay_days: int,
+    test_days: int,
+    folds: int,
+    step_days: int | None,
+    k: int,
+    trees: int | None,
+    max_samples: int,
+    max_depth: int,
+    learning_rate: float,
+    scale_pos_weight: str,
+    validation_fraction: float,
+    target_alert_rate: float | None,
+    alerts_per_day: float | None,
+    target_precision: float | None,
+    seed: int,
+    out: str,
+    png: str | None,
+    as_json: bool,
+) -> None:
+    """Evaluate models on a labelled history: train, skip a delay, test; over folds.
+
+    Each fold trains on --train-days days, skips --delay-days, tests on the next
+    --test-days; the next fold starts --step-days later. Reports AUC-ROC, average
+    precision, precision@k and card precision@k per day, and at the calibrated threshold
+    precision, recall, F1, alert rate and fraud amount caught; writes the JSON report and
+    a precision-recall PNG.
+
+    \b
+    Examples:
+      txfast evaluate --data var/history.parquet --folds 4 --json
+      txfast evaluate --data fraud.csv --mapping mapping.toml --model gbt --alerts-per-day 100
+    """
+    from txfast.evaluate import evaluate_history, write_pr_curve_png
+    from txfast.training.dataset import load_history
+
+    targets = _targets(target_alert_rate, alerts_per_day, target_precision)
+    models = list(dict.fromkeys("iforest" if m == "isolation-forest" else m for m in kinds))
+    settings = _settings(config)
+    history = load_history(settings, data, _mapping(mapping))
+    params = {
+        "gbt": _gbt_params(trees, max_depth, learning_rate, scale_pos_weight, validation_fraction),
+        "iforest": {"n_estimators": trees or 100, "max_samples": max_samples},
+    }
+    try:
+        report, curves = evaluate_history(
+            history,
+            models=models or ["gbt", "iforest"],
+            train_days=train_days,
+            delay_days=delay_days,
+            test_days=test_days,
+            folds=folds,
+            step_days=step_days,
+            k=k,
+            seed=seed,
+            model_params=params,
+            progress=None if as_json else lambda line: click.echo(line, err=True),
+            **targets,
+        )
+    except ValueError as e:
+        if isinstance(e, TxfastError):
+            raise
+        raise click.ClickException(str(e)) from e
+    png_path = Path(png) if png else Path(out).with_name("pr_curve.png")
+    report["pr_curve_png"] = str(png_path)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2)
+    Path(out).write_text(text + "\n", encoding="utf-8")
+    write_pr_curve_png(curves, png_path, title=f"Precision-recall on the test days: {data}")
+    if as_json:
+        click.echo(text)
+        return
+    p = report["protocol"]
+    click.echo(
+        f"{report['data']['rows']:,} transactions, {p['folds']} fold(s): train "
+        f"{p['train_days']} d, delay {p['delay_days']} d, test {p['test_days']} d, "
+        f"step {p['step_days']} d"
+    )
+    for kind, r in report["models"].items():
+        s = r["summary"]
+
+        def mean(name: str, s: dict[str, Any] = s) -> str:
+            v = s.get(name)
+            return "n/a" if v is None else f"{v['mean']:.3f}"
+
+        click.echo(
+            f"{kind:>8}: AUC-ROC {mean('auc_roc')}  AP {mean('average_precision')}  "
+            f"P@{k} {mean('precision_at_k')}  card P@{k} {mean('card_precision_at_k')}  "
+            f"precision {mean('precision')}  recall {mean('recall')}  F1 {mean('f1')}  "
+            f"alert rate {mean('alert_rate')}  fraud amount caught "
+            f"{mean('fraud_amount_caught_share')}"
+        )
+    click.echo(f"report: {out}  precision-recall curve: {png_path}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -489,6 +825,97 @@ def models_rollback(registry: str | None, name: str | None, config: str | None) 
     settings = _settings(config, registry=registry, model_name=name)
     v = Registry(settings.registry).rollback(settings.model_name)
     click.echo(f"{settings.model_name}/{v.version} is the champion")
+
+
+@main.group(context_settings=CONTEXT)
+def db() -> None:
+    """Manage the store: schema migrations and retention."""
+
+
+@db.command("upgrade")
+@click.option("--store", default=None, help="Store URL [default: duckdb:var/txfast.duckdb].")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
+def db_upgrade(store: str | None, config: str | None) -> None:
+    """Apply the store's pending schema migrations, in order, each in one transaction.
+
+    \b
+    Examples:
+      txfast db upgrade --store duckdb:var/txfast.duckdb
+      txfast db upgrade --store postgresql://txfast@db.internal:5432/txfast
+    """
+    from txfast.store import open_store
+
+    settings = _settings(config, store=store)
+    with open_store(settings.store, migrate=True) as s:
+        applied = list(s.applied_migrations)
+        version = s.schema_version
+        url = s.url
+    if applied:
+        done = ", ".join(map(str, applied))
+        click.echo(f"{url}: migrated to schema version {version} (applied {done})")
+    else:
+        click.echo(f"{url}: schema version {version} is current; nothing to do")
+
+
+@db.command("prune")
+@click.option("--store", default=None, help="Store URL [default: duckdb:var/txfast.duckdb].")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(1),
+    default=None,
+    help="Remove what is older than N days [default: retention.days].",
+)
+@click.option(
+    "--archive",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Archive the removed rows to Parquet here first [default: retention.archive_dir].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def db_prune(
+    store: str | None,
+    config: str | None,
+    older_than_days: int | None,
+    archive: str | None,
+    as_json: bool,
+) -> None:
+    """Delete (or archive, then delete) transactions, alerts and dead letters older than N days.
+
+    Labelled transactions and alerts (analyst feedback) are kept, with their transaction;
+    statistics rollups, labels and the audit log are never pruned. With an archive directory
+    each run writes one Parquet file per table: DIR/<table>/<table>-<run time>.parquet.
+
+    \b
+    Examples:
+      txfast db prune --store duckdb:var/txfast.duckdb --older-than-days 90
+      txfast db prune --older-than-days 30 --archive var/archive
+      txfast db prune --config txfast.toml     # [retention] days = 90, archive_dir = "…"
+    """
+    from datetime import UTC, datetime, timedelta
+
+    import msgspec
+
+    from txfast.store import open_store
+
+    settings = _settings(config, store=store)
+    days = older_than_days or settings.retention.days
+    if days is None:
+        raise click.UsageError("give --older-than-days N or set days under [retention]")
+    archive_dir = archive or settings.retention.archive_dir
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    with open_store(settings.store, migrate=settings.store_migrate) as s:
+        result = s.prune(cutoff, archive_dir=archive_dir, actor="txfast db prune")
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(result), indent=2))
+        return
+    click.echo(
+        f"pruned what is older than {result.cutoff:%Y-%m-%d %H:%M} UTC: "
+        f"{result.transactions:,} transactions, {result.alerts:,} alerts, "
+        f"{result.dead_letters:,} dead letters ({result.kept_labelled:,} labelled kept)"
+    )
+    for path in result.archive:
+        click.echo(f"archived to {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,12 +18,14 @@ import msgspec
 from txfast.exceptions import ConfigError
 
 __all__ = [
+    "DEFAULT_BANDS",
     "DEFAULT_RATES",
     "ENV_VARS",
     "DecoderSettings",
     "FeatureSettings",
     "KafkaSettings",
     "PipelineSettings",
+    "RetentionSettings",
     "RiskSettings",
     "Rule",
     "Settings",
@@ -73,7 +75,14 @@ class DecoderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 class FeatureSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Windows of the native feature engine (see docs/features.md)."""
+    """Windows of the native feature engine (see docs/features.md).
+
+    ``labels = true`` adds the label features (``merchant_fraud_labels_<W>``,
+    ``merchant_fraud_rate_<W>`` for each ``merchant_label_windows``, ``card_fraud_labels_<W>``
+    for each ``card_label_windows``); off by default. Offline replays (``txfast train``,
+    ``evaluate``, ``features``) then take a history's labels as known ``label_delay`` after
+    their transaction.
+    """
 
     card_windows: list[str] = msgspec.field(
         default_factory=lambda: ["1m", "1h", "24h", "7d", "30d"]
@@ -84,6 +93,10 @@ class FeatureSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     idle_ttl: str | None = None
     shards: int = 64
     threads: int | None = None
+    labels: bool = False
+    merchant_label_windows: list[str] = msgspec.field(default_factory=lambda: ["7d", "30d"])
+    card_label_windows: list[str] = msgspec.field(default_factory=lambda: ["30d"])
+    label_delay: str = "7d"
 
 
 class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -93,6 +106,19 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     linger_ms: int = 50
     history: str = "all"  # all | alerts | none
     store_features: str = "alerts"  # alerts | none
+    store_retry_max_s: float = 5.0  # longest pause between store retries during an outage
+
+
+class RetentionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Retention of the store, applied by ``txfast db prune``.
+
+    Transactions, alerts and dead letters older than ``days`` are deleted (labelled ones are
+    kept), after being archived to Parquet under ``archive_dir`` when it is set; ``days =
+    None`` keeps everything.
+    """
+
+    days: int | None = None
+    archive_dir: str | None = None
 
 
 class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -108,6 +134,7 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     checkpoint_dir: str = "var/checkpoints"
     checkpoint_interval_s: float = 30.0
     transaction_timeout_ms: int = 30_000
+    max_in_flight: int = 2  # decided batches waiting for the sinks (memory bound, back-pressure)
     consumer: dict[str, str] = msgspec.field(default_factory=dict)  # extra librdkafka settings
     producer: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -162,12 +189,21 @@ def _default_rules() -> list[Rule]:
     ]
 
 
-class RiskSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Score bands (calibrated score ≥ band → level) and default action per level."""
+DEFAULT_BANDS: tuple[float, float, float] = (0.95, 0.99, 0.999)
+"""MEDIUM, HIGH and CRITICAL bands when neither the settings nor the model set them."""
 
-    medium: float = 0.95
-    high: float = 0.99
-    critical: float = 0.999
+
+class RiskSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Score bands (calibrated score ≥ band → level) and default action per level.
+
+    Bands left unset (``None``) come from the model (its calibrated ``risk_bands``) when
+    no band is set here; once any band is set here, the settings' bands apply as a set,
+    with :data:`DEFAULT_BANDS` for the ones left out.
+    """
+
+    medium: float | None = None
+    high: float | None = None
+    critical: float | None = None
     threshold: float | None = None  # None: the model's threshold
     actions: dict[str, str] = msgspec.field(
         default_factory=lambda: {
@@ -178,6 +214,27 @@ class RiskSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         }
     )
 
+    def bands(
+        self, model_bands: tuple[float, float, float] | None = None
+    ) -> tuple[float, float, float]:
+        """The MEDIUM, HIGH and CRITICAL bands in force.
+
+        Args:
+            model_bands: The serving model's calibrated bands, if it has any.
+
+        Returns:
+            The configured bands if any is set (defaults filling the gaps), else the
+            model's, else :data:`DEFAULT_BANDS`.
+        """
+        configured = (self.medium, self.high, self.critical)
+        if any(b is not None for b in configured):
+            return tuple(  # type: ignore[return-value]
+                d if b is None else float(b) for b, d in zip(configured, DEFAULT_BANDS, strict=True)
+            )
+        if model_bands is not None:
+            return (float(model_bands[0]), float(model_bands[1]), float(model_bands[2]))
+        return DEFAULT_BANDS
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """All txfast settings. Build with :func:`load_settings`."""
@@ -185,11 +242,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     store: str = "duckdb:var/txfast.duckdb"
     registry: str = "var/registry"
     model_name: str = "default"
+    store_migrate: bool = True  # apply pending store migrations on open (else: txfast db upgrade)
     decoder: DecoderSettings = msgspec.field(default_factory=DecoderSettings)
     features: FeatureSettings = msgspec.field(default_factory=FeatureSettings)
     pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
     risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     rules: list[Rule] = msgspec.field(default_factory=_default_rules)
 
     def replace(self, **changes: Any) -> Settings:
@@ -268,9 +327,15 @@ def _check(s: Settings) -> None:
         raise ConfigError("pipeline.history must be one of all, alerts, none")
     if s.pipeline.store_features not in ("alerts", "none"):
         raise ConfigError("pipeline.store_features must be alerts or none")
-    r = s.risk
-    if not 0.0 <= r.medium <= r.high <= r.critical <= 1.0:
+    medium, high, critical = s.risk.bands()
+    if not 0.0 <= medium <= high <= critical <= 1.0:
         raise ConfigError("risk bands must satisfy 0 <= medium <= high <= critical <= 1")
     for w in (*s.features.card_windows, *s.features.merchant_windows, *s.features.user_windows):
         parse_duration_ms(w)
     parse_duration_ms(s.features.allowed_lateness)
+    for w in (*s.features.merchant_label_windows, *s.features.card_label_windows):
+        parse_duration_ms(w)
+    if parse_duration_ms(s.features.label_delay) <= 0:
+        raise ConfigError("features.label_delay must be positive (a label is known after its t)")
+    if s.retention.days is not None and s.retention.days <= 0:
+        raise ConfigError("retention.days must be positive")

@@ -10,7 +10,9 @@ from txfast._core import ConfigError, InputError, SnapshotError, TxfastError
 __all__ = [
     "ConfigError",
     "InputError",
+    "InvalidCursorError",
     "ModelMismatchError",
+    "NotFoundError",
     "ParityError",
     "RegistryError",
     "SnapshotError",
@@ -21,6 +23,14 @@ __all__ = [
 
 class StoreError(TxfastError):
     """The alert store cannot be opened or written."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """A transaction (or another stored object) named by the caller does not exist."""
+
+
+class InvalidCursorError(StoreError, ValueError):
+    """A pagination cursor is malformed or was made for another sort order."""
 
 
 class ModelMismatchError(TxfastError, ValueError):
