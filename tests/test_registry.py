@@ -79,6 +79,9 @@ def test_register_writes_layout_and_fills_identity(reg: Registry) -> None:
         "end_ms": 2,
         "source": None,
         "rejected": None,
+        "labelled": None,
+        "positives": None,
+        "validation_start_ms": None,
     }
     assert datetime.fromisoformat(stored["created_at"]).tzinfo is not None
     assert reg.get("default", "v1") == mv

@@ -49,6 +49,8 @@ __all__ = [
     "ModelVersion",
     "Registry",
     "RegistryError",
+    "RiskBands",
+    "ThresholdCalibration",
     "TrainingData",
 ]
 
@@ -77,6 +79,51 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True):
     method: Literal["ecdf"] = "ecdf"
 
 
+class RiskBands(msgspec.Struct, frozen=True, kw_only=True):
+    """Calibrated-score bands of the risk levels (score ≥ band → that level or above).
+
+    Stored with a model when its threshold was calibrated; ``[risk]`` bands set in the
+    configuration take precedence (see ``txfast.rules.resolve_bands``).
+
+    Attributes:
+        medium: Lowest calibrated score of MEDIUM.
+        high: Lowest calibrated score of HIGH.
+        critical: Lowest calibrated score of CRITICAL.
+    """
+
+    medium: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    high: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    critical: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class ThresholdCalibration(msgspec.Struct, frozen=True, kw_only=True):
+    """How a model's threshold and risk bands were chosen, and what they should give.
+
+    Attributes:
+        method: ``"alert_rate"`` (a share of traffic, possibly given as alerts per day) or
+            ``"precision"`` (the lowest threshold reaching a precision on labelled rows).
+        target: The alert rate (share of transactions) or the precision aimed at.
+        alerts_per_day: The daily alert budget the rate was derived from, if given.
+        reference: Rows the threshold was read on: ``"training"`` (the calibration's own
+            traffic) or ``"validation"`` (labelled rows not used for fitting).
+        rows: Number of reference rows.
+        expected_alert_rate: Share of reference rows at or above the threshold.
+        expected_alerts_per_day: The same as alerts per day of the reference period.
+        expected_precision: Precision on the reference rows, when they are labelled.
+        expected_recall: Recall on the reference rows, when they are labelled.
+    """
+
+    method: Literal["alert_rate", "precision"]
+    target: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+    alerts_per_day: float | None = None
+    reference: Literal["training", "validation"] = "training"
+    rows: Annotated[int, msgspec.Meta(ge=0)] = 0
+    expected_alert_rate: float | None = None
+    expected_alerts_per_day: float | None = None
+    expected_precision: float | None = None
+    expected_recall: float | None = None
+
+
 class TrainingData(msgspec.Struct, frozen=True, kw_only=True):
     """What a model was trained on.
 
@@ -86,6 +133,10 @@ class TrainingData(msgspec.Struct, frozen=True, kw_only=True):
         end_ms: Event time of the latest training row, epoch milliseconds, if known.
         source: Where the rows came from (a path or a description), if known.
         rejected: Input events rejected before training (invalid), if known.
+        labelled: Rows with a known label, if labels were used.
+        positives: Rows labelled fraud, if labels were used.
+        validation_start_ms: Event time from which rows were held out for validation
+            (early stopping, threshold), if any.
     """
 
     rows: Annotated[int, msgspec.Meta(ge=0)]
@@ -93,6 +144,9 @@ class TrainingData(msgspec.Struct, frozen=True, kw_only=True):
     end_ms: int | None = None
     source: str | None = None
     rejected: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    labelled: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    positives: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    validation_start_ms: int | None = None
 
 
 class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,7 +159,8 @@ class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
         calibration: Raw score → calibrated score mapping.
         threshold: Calibrated score at or above which a transaction is anomalous.
         training: Training data size and event-time range.
-        metrics: Evaluation figures (names are free-form, values are numbers).
+        metrics: Evaluation figures (names are free-form, values are numbers); trainers
+            with a validation period store out-of-time figures as ``validation_*``.
         params: Training hyper-parameters, for provenance.
         name: Registered model name (set by the registry).
         version: Registered version, ``"v<n>"`` (set by the registry).
@@ -114,6 +169,8 @@ class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
         input_name: Name of the ONNX graph's float32 ``[N, F]`` input.
         output_name: Name of the ONNX graph's raw-score output (``[N]`` or ``[N, 1]``).
         schema_version: Version of this metadata layout.
+        risk_bands: Risk-level bands chosen with the threshold, if calibrated.
+        threshold_calibration: How the threshold was chosen, if calibrated.
     """
 
     kind: str
@@ -131,6 +188,8 @@ class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
     input_name: str = "features"
     output_name: str = "score"
     schema_version: int = 1
+    risk_bands: RiskBands | None = None
+    threshold_calibration: ThresholdCalibration | None = None
 
 
 class ChampionEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -257,11 +316,19 @@ def _check_metadata(metadata: ModelMetadata) -> None:
     t = metadata.training
     if t.start_ms is not None and t.end_ms is not None and t.start_ms > t.end_ms:
         raise RegistryError(f"training start_ms {t.start_ms} is after end_ms {t.end_ms}")
+    b = metadata.risk_bands
+    if b is not None and not b.medium <= b.high <= b.critical:
+        raise RegistryError(
+            f"risk bands must satisfy medium <= high <= critical, got "
+            f"{b.medium} / {b.high} / {b.critical}"
+        )
 
 
 _NESTED: dict[str, type[msgspec.Struct]] = {
     "calibration": Calibration,
     "training": TrainingData,
+    "risk_bands": RiskBands,
+    "threshold_calibration": ThresholdCalibration,
 }
 
 

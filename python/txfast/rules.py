@@ -1,7 +1,9 @@
 """Risk levels and business rules, applied to whole batches with numpy.
 
 A calibrated score in [0, 1] maps to a level through the bands of
-:class:`txfast.config.RiskSettings`; each level has a default action; then the configured
+:class:`txfast.config.RiskSettings` (or, when none is configured, the serving model's
+calibrated bands; see :meth:`txfast.config.RiskSettings.bands`); each level has a default
+action; then the configured
 rules run in order, each on the rows where all its conditions hold, setting the level and/or
 the action (a later rule overrides an earlier one). Every row records which rules fired.
 """
@@ -135,12 +137,15 @@ class RuleEngine:
         channel: np.ndarray,
         category: pa.Array,
         country: pa.Array,
+        bands: tuple[float, float, float] | None = None,
     ) -> Decisions:
         """Decide level, action and fired rules for a batch (vectorised).
 
         Args:
             score: Calibrated scores in [0, 1].
             threshold: The model's threshold unless ``risk.threshold`` overrides it.
+            bands: The model's MEDIUM/HIGH/CRITICAL bands, used unless the settings set
+                bands (``ScoredBatch.bands``).
             amount: Amounts in the base currency.
             features: The feature matrix (rows aligned with ``score``).
             channel: Channel codes (0 unknown, then :data:`txfast.contract.CHANNELS` from 1).
@@ -150,10 +155,11 @@ class RuleEngine:
         r = self.risk
         thr = r.threshold if r.threshold is not None else threshold
         anomalous = score >= thr
+        medium, high, critical = r.bands(bands)
         level = (
-            (score >= r.medium).astype(np.int8)
-            + (score >= r.high).astype(np.int8)
-            + (score >= r.critical).astype(np.int8)
+            (score >= medium).astype(np.int8)
+            + (score >= high).astype(np.int8)
+            + (score >= critical).astype(np.int8)
         )
         base_level = level.copy()
         action = self._default_action[level]

@@ -8,11 +8,13 @@ exactly one model version, never a mix.
 Scores:
 
 * **raw score** — what the ONNX graph outputs (for Isolation Forest the anomaly score of
-  the original paper, in (0, 1]; higher is more anomalous);
+  the original paper, in (0, 1]; for gradient-boosted trees the margin, i.e. the
+  log-odds of fraud; higher is more suspicious either way);
 * **score** — the calibrated anomaly score in [0, 1]: the fraction of training traffic
   whose raw score is below the row's raw score (interpolated between stored quantiles).
   ``score >= threshold`` flags an anomaly; with the default threshold 0.99 that is the
-  top 1 % of training traffic.
+  top 1 % of training traffic. A model whose threshold was calibrated also carries risk
+  bands (``ScoredBatch.bands``) for the rules.
 
 Feature batches are float32 ``(n, F)`` arrays in the model's column order. NaN is passed
 through to the model (an exported Isolation Forest routes it like scikit-learn does).
@@ -177,6 +179,11 @@ def check_features(
         )
 
 
+def _bands(metadata: ModelMetadata) -> tuple[float, float, float] | None:
+    b = metadata.risk_bands
+    return None if b is None else (b.medium, b.high, b.critical)
+
+
 class ScoredBatch(NamedTuple):
     """Scores of one batch, all from one model version.
 
@@ -186,6 +193,7 @@ class ScoredBatch(NamedTuple):
         is_anomaly: bool ``[n]``, ``score >= threshold``.
         model_version: Version that scored the batch.
         threshold: Threshold used for ``is_anomaly``.
+        bands: The model's calibrated MEDIUM/HIGH/CRITICAL bands, ``None`` if it has none.
     """
 
     raw: np.ndarray
@@ -193,6 +201,7 @@ class ScoredBatch(NamedTuple):
     is_anomaly: np.ndarray
     model_version: str
     threshold: float
+    bands: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +370,11 @@ class Scorer:
         return self._active.info.metadata
 
     @property
+    def risk_bands(self) -> tuple[float, float, float] | None:
+        """The active model's calibrated MEDIUM/HIGH/CRITICAL bands, if it has any."""
+        return _bands(self._active.info.metadata)
+
+    @property
     def feature_names(self) -> list[str]:
         """Feature columns expected by ``score``, in order."""
         return list(self._feature_names)
@@ -433,6 +447,7 @@ class Scorer:
             is_anomaly=score >= np.float32(threshold),
             model_version=active.info.version,
             threshold=threshold,
+            bands=_bands(active.info.metadata),
         )
 
     # -- reloading ------------------------------------------------------------------------
