@@ -154,7 +154,7 @@ def test_default_feature_names_and_version() -> None:
     reference = ReferenceEngine()
     rust = FeatureEngine()
     assert rust.feature_names == reference.feature_names
-    assert rust.feature_version == reference.feature_version == "txfast-features/1"
+    assert rust.feature_version == reference.feature_version == "txfast-features/2"
     windows = ["1m", "1h", "24h", "7d", "30d"]
     assert reference.feature_names == [
         "amount_base",

@@ -55,7 +55,8 @@ class FeatureEngine:
     Every column is defined in ``docs/features.md``. Defaults: card windows 1 min, 1 h, 24 h,
     7 d, 30 d; merchant windows 24 h, 7 d; user window 24 h; ``allowed_lateness_ms`` 1 h;
     ``idle_ttl_ms=None`` (the longest window of each entity kind plus the lateness); 64 shards;
-    ``threads=None`` (one thread per CPU). Invalid configuration raises ``ConfigError``.
+    ``threads=None`` (one thread per CPU); no label windows (label features off). Invalid
+    configuration raises ``ConfigError``.
     """
 
     def __new__(
@@ -68,6 +69,8 @@ class FeatureEngine:
         idle_ttl_ms: int | None = None,
         shards: int = ...,
         threads: int | None = None,
+        merchant_label_windows_ms: Sequence[int] = ...,
+        card_label_windows_ms: Sequence[int] = ...,
     ) -> FeatureEngine: ...
     @property
     def feature_names(self) -> list[str]:
@@ -98,6 +101,26 @@ class FeatureEngine:
         on columns of different lengths or invalid values (the state is then unchanged).
         """
 
+    @property
+    def labels_enabled(self) -> bool:
+        """Whether label columns are configured (any merchant or card label window)."""
+
+    def process_labels(
+        self,
+        known_ms: NDArray[np.int64],
+        card: NDArray[np.uint64],
+        merchant: NDArray[np.uint64],
+        label: NDArray[np.uint8],
+    ) -> int:
+        """Add label events to the label state, in order; returns the number of rows.
+
+        Takes four 1-D contiguous arrays of one length with exactly these dtypes. A
+        transaction processed afterwards at ``t`` counts a label only if ``known_ms <= t``.
+        Ignored (after validation) when no label window is configured. Releases the GIL.
+        Raises ``InputError`` on columns of different lengths or a label other than 0/1 (the
+        state is then unchanged).
+        """
+
     def snapshot(self) -> bytes:
         """Serialise configuration and state (magic ``b"TXFS"``, format version, config, state).
 
@@ -124,7 +147,8 @@ class FeatureEngine:
 
         Keys: ``cards``, ``merchants``, ``users``, ``card_events``, ``merchant_events``,
         ``user_events``, ``state_bytes`` and its split ``card_bytes``, ``merchant_bytes``,
-        ``user_bytes``. Releases the GIL while counting.
+        ``user_bytes``, ``label_bytes``; ``label_entities`` and ``labels`` (label state).
+        Releases the GIL while counting.
         """
 
 CHANNELS: list[str]

@@ -25,7 +25,7 @@ A thin façade over the native :class:`txfast._core.FeatureEngine`; every defini
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -33,10 +33,16 @@ from numpy.typing import ArrayLike, NDArray
 from txfast import _core
 from txfast._core import FEATURE_VERSION, hash_id, hash_ids
 
+if TYPE_CHECKING:
+    from txfast.config import FeatureSettings
+
 __all__ = [
     "DEFAULT_FEATURE_NAMES",
     "FEATURE_VERSION",
+    "SUGGESTED_CARD_LABEL_WINDOWS_MS",
+    "SUGGESTED_MERCHANT_LABEL_WINDOWS_MS",
     "FeatureEngine",
+    "engine_from_settings",
     "hash_id",
     "hash_ids",
 ]
@@ -56,8 +62,14 @@ DEFAULT_MERCHANT_WINDOWS_MS: tuple[int, ...] = (86_400_000, 604_800_000)
 DEFAULT_USER_WINDOWS_MS: tuple[int, ...] = (86_400_000,)
 """User windows of the default feature set: 24 h."""
 
+SUGGESTED_MERCHANT_LABEL_WINDOWS_MS: tuple[int, ...] = (604_800_000, 2_592_000_000)
+"""Merchant label windows used when label features are switched on: 7 d, 30 d."""
+
+SUGGESTED_CARD_LABEL_WINDOWS_MS: tuple[int, ...] = (2_592_000_000,)
+"""Card label windows used when label features are switched on: 30 d."""
+
 DEFAULT_FEATURE_NAMES: tuple[str, ...] = tuple(_core.FeatureEngine().feature_names)
-"""Column names of the default feature set, in order."""
+"""Column names of the default feature set (label features off), in order."""
 
 _DTYPES: tuple[tuple[str, type[np.generic]], ...] = (
     ("ts_ms", np.int64),
@@ -87,6 +99,10 @@ class FeatureEngine:
             the longest window of the entity's kind plus ``allowed_lateness_ms``.
         shards: State shards per entity kind (parallelism grain).
         threads: Worker threads; ``None`` uses one per CPU.
+        merchant_label_windows_ms: Merchant label windows in milliseconds (on the labels'
+            known time); empty (the default) adds no merchant label column.
+        card_label_windows_ms: Card label windows in milliseconds; empty (the default) adds
+            no card label column.
 
     Raises:
         txfast.exceptions.ConfigError: If a value is invalid.
@@ -106,6 +122,8 @@ class FeatureEngine:
         idle_ttl_ms: int | None = None,
         shards: int = 64,
         threads: int | None = None,
+        merchant_label_windows_ms: Sequence[int] = (),
+        card_label_windows_ms: Sequence[int] = (),
     ) -> None:
         self._engine = _core.FeatureEngine(
             card_windows_ms=list(card_windows_ms),
@@ -115,6 +133,8 @@ class FeatureEngine:
             idle_ttl_ms=idle_ttl_ms,
             shards=shards,
             threads=threads,
+            merchant_label_windows_ms=list(merchant_label_windows_ms),
+            card_label_windows_ms=list(card_label_windows_ms),
         )
 
     @classmethod
@@ -197,6 +217,48 @@ class FeatureEngine:
         ]
         return self._engine.process(*columns)
 
+    @property
+    def labels_enabled(self) -> bool:
+        """Whether label columns are configured (any merchant or card label window)."""
+        return self._engine.labels_enabled
+
+    def process_labels(
+        self,
+        known_ms: ArrayLike,
+        card: ArrayLike,
+        merchant: ArrayLike,
+        label: ArrayLike,
+    ) -> int:
+        """Add label events to the per-merchant and per-card label state.
+
+        A label says the transaction of ``card`` at ``merchant`` was fraud (1) or legitimate
+        (0) and became known at ``known_ms``. Contract: a transaction at ``t`` processed
+        *after* this call counts the label when ``known_ms <= t`` (and the label is in the
+        window); a label with ``known_ms > t`` is never counted, whenever it was given, so
+        labels may be given early (offline replay gives them all before the transactions).
+        Rows already returned by :meth:`process` never change. A no-op (after validation)
+        when no label window is configured. The native work runs without the GIL.
+
+        Args:
+            known_ms: When each label became known, epoch milliseconds UTC (int64).
+            card: ``hash_id`` of the labelled transaction's card, 0 when unknown (uint64).
+            merchant: ``hash_id`` of its merchant, 0 when unknown (uint64).
+            label: 1 fraud, 0 legitimate (uint8).
+
+        Returns:
+            The number of label rows given.
+
+        Raises:
+            txfast.exceptions.InputError: If the columns differ in length or a label is not
+                0 or 1; the state is then unchanged.
+        """
+        return self._engine.process_labels(
+            np.ascontiguousarray(known_ms, dtype=np.int64),
+            np.ascontiguousarray(card, dtype=np.uint64),
+            np.ascontiguousarray(merchant, dtype=np.uint64),
+            np.ascontiguousarray(label, dtype=np.uint8),
+        )
+
     def snapshot(self) -> bytes:
         """Serialise the configuration and all state.
 
@@ -225,9 +287,43 @@ class FeatureEngine:
             ``cards``, ``merchants``, ``users``, ``card_events``, ``merchant_events``,
             ``user_events``, ``state_bytes`` (heap bytes of all state, every allocation at its
             capacity and malloc chunk size) and its split ``card_bytes``,
-            ``merchant_bytes``, ``user_bytes``.
+            ``merchant_bytes``, ``user_bytes``, ``label_bytes``; ``label_entities`` and
+            ``labels`` (merchants and cards with label state, retained label times).
         """
         return self._engine.stats()
 
     def __repr__(self) -> str:
         return repr(self._engine)
+
+
+def engine_from_settings(features: FeatureSettings) -> FeatureEngine:
+    """A feature engine with the windows of a ``[features]`` settings section.
+
+    Label columns are added only when ``features.labels`` is true, with
+    ``merchant_label_windows`` and ``card_label_windows``.
+
+    Args:
+        features: The ``[features]`` section of the settings.
+
+    Returns:
+        An engine with empty state.
+
+    Raises:
+        txfast.exceptions.ConfigError: If a value is invalid.
+    """
+    from txfast.config import parse_duration_ms
+
+    def ms(windows: Sequence[str]) -> list[int]:
+        return [parse_duration_ms(w) for w in windows]
+
+    return FeatureEngine(
+        card_windows_ms=ms(features.card_windows),
+        merchant_windows_ms=ms(features.merchant_windows),
+        user_windows_ms=ms(features.user_windows),
+        allowed_lateness_ms=parse_duration_ms(features.allowed_lateness),
+        idle_ttl_ms=parse_duration_ms(features.idle_ttl) if features.idle_ttl else None,
+        shards=features.shards,
+        threads=features.threads,
+        merchant_label_windows_ms=ms(features.merchant_label_windows) if features.labels else (),
+        card_label_windows_ms=ms(features.card_label_windows) if features.labels else (),
+    )

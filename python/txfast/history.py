@@ -2,6 +2,15 @@
 
 The same :class:`txfast.features.FeatureEngine` that scores online computes the features
 here, event by event in file order, so training and serving cannot disagree.
+
+With label features on (``[features] labels = true``), the history's own labels are the label
+events: the label of a transaction at ``ts`` becomes known at ``ts + label_delay`` (default
+7 days, always positive). Each batch's labels are given to the engine before the batch's
+transactions; that is exactly "every label known by ``t`` is counted for a transaction at
+``t``" because the engine never counts a label whose known time is after the transaction's
+time (labels given early wait in the state until their known time). No label ever reaches
+a transaction at or before its own time, so the features cannot leak the label being
+predicted.
 """
 
 from __future__ import annotations
@@ -14,12 +23,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from txfast.config import Settings
+from txfast.config import Settings, parse_duration_ms
 from txfast.decode import Rejected
-from txfast.pipeline import build_decoder, build_engine
+from txfast.features import FeatureEngine, engine_from_settings
+from txfast.pipeline import build_decoder
 from txfast.sources import ColumnMapping, FileSource
 
-__all__ = ["FeatureSet", "iter_feature_batches", "replay_features", "write_features"]
+__all__ = [
+    "FeatureSet",
+    "feed_history_labels",
+    "iter_feature_batches",
+    "replay_features",
+    "write_features",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +61,67 @@ class FeatureSet:
     rejected: list[Rejected]
 
 
+def feed_history_labels(
+    engine: FeatureEngine, columns: dict[str, np.ndarray], label_delay_ms: int
+) -> int:
+    """Give the engine the labels of a decoded batch, known ``label_delay_ms`` after each.
+
+    Rows without a label (``label < 0``) are skipped. Call it before processing the batch's
+    transactions (see the module docstring for why that is leak-free).
+
+    Args:
+        engine: The replaying engine (nothing happens when its label features are off).
+        columns: Decoded columns with ``ts_ms``, ``card``, ``merchant`` and ``label``.
+        label_delay_ms: Delay between a transaction and the time its label is known (> 0).
+
+    Returns:
+        The number of labels given.
+
+    Raises:
+        ValueError: If ``label_delay_ms`` is not positive.
+    """
+    if label_delay_ms <= 0:
+        raise ValueError(
+            f"label_delay_ms must be positive (no label at its own time): {label_delay_ms}"
+        )
+    if not engine.labels_enabled:
+        return 0
+    label = np.asarray(columns["label"])
+    known = label >= 0
+    if not known.any():
+        return 0
+    ts = np.asarray(columns["ts_ms"], dtype=np.int64)[known]
+    return engine.process_labels(
+        known_ms=ts + np.int64(label_delay_ms),
+        card=np.asarray(columns["card"])[known],
+        merchant=np.asarray(columns["merchant"])[known],
+        label=label[known].astype(np.uint8),
+    )
+
+
+def _label_delay_ms(settings: Settings, label_delay_ms: int | None) -> int:
+    if label_delay_ms is None:
+        return parse_duration_ms(settings.features.label_delay)
+    return label_delay_ms
+
+
 def iter_feature_batches(
-    settings: Settings, path: str | Path, mapping: ColumnMapping | None = None
+    settings: Settings,
+    path: str | Path,
+    mapping: ColumnMapping | None = None,
+    *,
+    label_delay_ms: int | None = None,
 ) -> Iterator[tuple[pa.Table, list[Rejected]]]:
     """Yield ``(table, rejected)`` per batch.
 
-    The table has ``transaction_id``, ``ts_ms``, ``label`` and one column per feature.
+    The table has ``transaction_id``, ``ts_ms``, ``label`` and one column per feature. With
+    label features on, the labels of the history are fed as label events known
+    ``label_delay_ms`` (default ``settings.features.label_delay``) after their transaction.
     """
+    delay = _label_delay_ms(settings, label_delay_ms)
     source = FileSource(path, batch_size=settings.pipeline.batch_size, mapping=mapping)
     decoder = build_decoder(settings)
-    engine = build_engine(settings)
+    engine = engine_from_settings(settings.features)
     names = list(engine.feature_names)
     for batch in source:
         decoded = batch.decode(decoder)
@@ -63,6 +130,7 @@ def iter_feature_batches(
             for r in decoded.rejected
         ]
         c = decoded.columns
+        feed_history_labels(engine, c, delay)
         X = engine.process(**decoded.feature_inputs())
         cols: dict[str, pa.Array] = {
             "transaction_id": c["transaction_id"],
@@ -75,13 +143,28 @@ def iter_feature_batches(
 
 
 def replay_features(
-    settings: Settings, path: str | Path, mapping: ColumnMapping | None = None
+    settings: Settings,
+    path: str | Path,
+    mapping: ColumnMapping | None = None,
+    *,
+    label_delay_ms: int | None = None,
 ) -> FeatureSet:
-    """Compute the features of every event of a history file, in memory."""
-    engine = build_engine(settings)
+    """Compute the features of every event of a history file, in memory.
+
+    Args:
+        settings: Settings (decoder, features, batch size).
+        path: History file (JSON lines, CSV or Parquet).
+        mapping: Column mapping for other column names.
+        label_delay_ms: With label features on, delay after which a transaction's label is
+            known; default ``settings.features.label_delay``.
+
+    Returns:
+        The features of every accepted event and the rejected rows.
+    """
+    engine = engine_from_settings(settings.features)
     names = list(engine.feature_names)
     tables, rejected = [], []
-    for t, r in iter_feature_batches(settings, path, mapping):
+    for t, r in iter_feature_batches(settings, path, mapping, label_delay_ms=label_delay_ms):
         tables.append(t)
         rejected.extend(r)
     if tables:
@@ -110,14 +193,21 @@ def replay_features(
 
 
 def write_features(
-    settings: Settings, path: str | Path, out: str | Path, mapping: ColumnMapping | None = None
+    settings: Settings,
+    path: str | Path,
+    out: str | Path,
+    mapping: ColumnMapping | None = None,
+    *,
+    label_delay_ms: int | None = None,
 ) -> tuple[int, list[Rejected]]:
     """Stream the features of a history file into a Parquet file; returns (rows, rejected)."""
     writer: pq.ParquetWriter | None = None
     rows = 0
     rejected: list[Rejected] = []
     try:
-        for table, r in iter_feature_batches(settings, path, mapping):
+        for table, r in iter_feature_batches(
+            settings, path, mapping, label_delay_ms=label_delay_ms
+        ):
             rejected.extend(r)
             if writer is None:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-FEATURE_VERSION = "txfast-features/1"
+FEATURE_VERSION = "txfast-features/2"
 """Version of the feature set implemented here (see ``docs/features.md``)."""
 
 DEFAULT_CARD_WINDOWS_MS: tuple[int, ...] = (
@@ -109,6 +109,8 @@ def feature_names(
     card_windows_ms: Sequence[int] = DEFAULT_CARD_WINDOWS_MS,
     merchant_windows_ms: Sequence[int] = DEFAULT_MERCHANT_WINDOWS_MS,
     user_windows_ms: Sequence[int] = DEFAULT_USER_WINDOWS_MS,
+    merchant_label_windows_ms: Sequence[int] = (),
+    card_label_windows_ms: Sequence[int] = (),
 ) -> list[str]:
     """List the feature columns, in order, for a window configuration.
 
@@ -116,6 +118,8 @@ def feature_names(
         card_windows_ms: Card window lengths, in column order.
         merchant_windows_ms: Merchant window lengths, in column order.
         user_windows_ms: User window lengths, in column order.
+        merchant_label_windows_ms: Merchant label windows (none by default).
+        card_label_windows_ms: Card label windows (none by default).
 
     Returns:
         The column names; 43 of them with the default windows.
@@ -137,6 +141,9 @@ def feature_names(
     ]
     names += [f"merchant_count_{window_suffix(w)}" for w in merchant_windows_ms]
     names += [f"user_distinct_cards_{window_suffix(w)}" for w in user_windows_ms]
+    names += [f"merchant_fraud_labels_{window_suffix(w)}" for w in merchant_label_windows_ms]
+    names += [f"merchant_fraud_rate_{window_suffix(w)}" for w in merchant_label_windows_ms]
+    names += [f"card_fraud_labels_{window_suffix(w)}" for w in card_label_windows_ms]
     return names
 
 
@@ -244,12 +251,23 @@ class ReferenceEngine:
         user_windows_ms: Sequence[int] = DEFAULT_USER_WINDOWS_MS,
         allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
         idle_ttl_ms: int | None = None,
+        merchant_label_windows_ms: Sequence[int] = (),
+        card_label_windows_ms: Sequence[int] = (),
     ) -> None:
         self.windows_ms: dict[str, tuple[int, ...]] = {
             "card": tuple(int(w) for w in card_windows_ms),
             "merchant": tuple(int(w) for w in merchant_windows_ms),
             "user": tuple(int(w) for w in user_windows_ms),
         }
+        self.label_windows_ms: dict[str, tuple[int, ...]] = {
+            "merchant": tuple(int(w) for w in merchant_label_windows_ms),
+            "card": tuple(int(w) for w in card_label_windows_ms),
+        }
+        for kind, windows in self.label_windows_ms.items():
+            for window in windows:
+                window_suffix(window)
+            if len(set(windows)) != len(windows):
+                raise ValueError(f"duplicate {kind} label windows: {windows}")
         for kind, windows in self.windows_ms.items():
             if not windows:
                 raise ValueError(f"{kind} windows must not be empty")
@@ -271,9 +289,16 @@ class ReferenceEngine:
         self.idle_ttl_ms = idle_ttl_ms
         self.feature_version = FEATURE_VERSION
         self.feature_names = feature_names(
-            self.windows_ms["card"], self.windows_ms["merchant"], self.windows_ms["user"]
+            self.windows_ms["card"],
+            self.windows_ms["merchant"],
+            self.windows_ms["user"],
+            self.label_windows_ms["merchant"],
+            self.label_windows_ms["card"],
         )
         self.events: list[Event] = []
+        # (kind, key) -> labels (known_ms, label) still held, in the order given; merchants
+        # keep all labels, cards their fraud labels only. An empty list is deleted.
+        self.labels: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._forgotten_before: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ state queries
@@ -380,9 +405,45 @@ class ReferenceEngine:
             + self._card_features(current)
             + self._merchant_features(current)
             + self._user_features(current)
+            + self._label_features(current)
         )
         self.events.append(current)
         return [to_float32(value) for value in row]
+
+    def process_label(
+        self, known_ms: int, card_id: str | None, merchant_id: str | None, label: int
+    ) -> None:
+        """Remember one label event (see "Label features" in ``docs/features.md``).
+
+        The label goes to its merchant (every label) and its card (fraud labels only), for
+        each kind with label windows and a non-empty id. Then that entity forgets its labels
+        with ``known_ms <= newest - W_max - L`` (``newest``: the largest event time processed
+        so far, none before the first event; ``W_max``: its kind's longest label window).
+
+        Args:
+            known_ms: When the label became known, epoch milliseconds UTC.
+            card_id: Card of the labelled transaction; ``None`` or ``""`` when unknown.
+            merchant_id: Merchant of the labelled transaction; ``None`` or ``""`` when unknown.
+            label: 1 fraud, 0 legitimate.
+
+        Raises:
+            ValueError: If ``label`` is not 0 or 1.
+        """
+        if label not in (0, 1):
+            raise ValueError(f"label must be 0 or 1: {label}")
+        newest = max((e.ts_ms for e in self.events), default=None)
+        for kind, key in (("merchant", merchant_id), ("card", card_id)):
+            windows = self.label_windows_ms[kind]
+            if not windows or not key or (kind == "card" and label != 1):
+                continue
+            held = [*self.labels.get((kind, key), []), (int(known_ms), int(label))]
+            if newest is not None:
+                cutoff = newest - max(windows) - self.allowed_lateness_ms
+                held = [h for h in held if h[0] > cutoff]
+            if held:
+                self.labels[(kind, key)] = held
+            else:
+                self.labels.pop((kind, key), None)
 
     def process_batch(self, events: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Score transactions one after the other.
@@ -420,6 +481,16 @@ class ReferenceEngine:
                 if newest < watermark_ms - ttl:
                     self._forgotten_before[(kind, key)] = len(self.events)
                     evicted += 1
+        for (kind, key), held in list(self.labels.items()):
+            ttl = self.idle_ttl_ms
+            if ttl is None:
+                ttl = max(self.label_windows_ms[kind]) + self.allowed_lateness_ms
+            kept = [h for h in held if h[0] >= watermark_ms - ttl]
+            if kept:
+                self.labels[(kind, key)] = kept
+            else:
+                del self.labels[(kind, key)]
+                evicted += 1
         return evicted
 
     def entity_keys(self, kind: str) -> list[str]:
@@ -551,6 +622,27 @@ class ReferenceEngine:
         """``merchant_count_<W>`` for each merchant window."""
         earlier = self._retained_earlier("merchant", current)
         return [float(len(self._window(earlier, current, w))) for w in self.windows_ms["merchant"]]
+
+    def _label_features(self, current: Event) -> list[float]:
+        """Label columns: labels with ``known_ms`` in ``(t - W, t]`` only.
+
+        ``merchant_fraud_labels_<W>`` and ``merchant_fraud_rate_<W>`` (fraud / all labels,
+        ``-1`` without labels) per merchant label window, then ``card_fraud_labels_<W>`` per
+        card label window.
+        """
+        t = current.ts_ms
+
+        def known(kind: str, key: str, window_ms: int) -> list[int]:
+            held = self.labels.get((kind, key), [])
+            return [label for k, label in held if t - window_ms < k <= t]
+
+        merchant = [
+            known("merchant", current.merchant, w) for w in self.label_windows_ms["merchant"]
+        ]
+        counts = [float(sum(labels)) for labels in merchant]
+        rates = [sum(labels) / len(labels) if labels else UNDEFINED for labels in merchant]
+        card = [float(sum(known("card", current.card, w))) for w in self.label_windows_ms["card"]]
+        return counts + rates + card
 
     def _user_features(self, current: Event) -> list[float]:
         """``user_distinct_cards_<W>`` for each user window (``-1`` without a user)."""

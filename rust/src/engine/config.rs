@@ -9,6 +9,12 @@ pub const DEFAULT_CARD_WINDOWS_MS: [i64; 5] =
 pub const DEFAULT_MERCHANT_WINDOWS_MS: [i64; 2] = [86_400_000, 604_800_000];
 /// Default user windows: 24 h.
 pub const DEFAULT_USER_WINDOWS_MS: [i64; 1] = [86_400_000];
+/// Suggested merchant label windows (label features are off by default): 7 d, 30 d.
+pub const SUGGESTED_MERCHANT_LABEL_WINDOWS_MS: [i64; 2] = [604_800_000, 2_592_000_000];
+/// Suggested card label windows (label features are off by default): 30 d.
+pub const SUGGESTED_CARD_LABEL_WINDOWS_MS: [i64; 1] = [2_592_000_000];
+/// Largest number of label windows per kind.
+pub const MAX_LABEL_WINDOWS: usize = 16;
 /// Default allowed lateness: 1 h.
 pub const DEFAULT_ALLOWED_LATENESS_MS: i64 = 3_600_000;
 /// Default number of state shards per entity kind.
@@ -45,6 +51,11 @@ pub struct EngineConfig {
     pub shards: usize,
     /// Worker threads; `None` uses rayon's global pool. Not part of snapshots.
     pub threads: Option<usize>,
+    /// Merchant label windows in milliseconds (column order); empty: no merchant label
+    /// columns. Windows are on the labels' known time (see docs/features.md).
+    pub merchant_label_windows_ms: Vec<i64>,
+    /// Card label windows in milliseconds (column order); empty: no card label columns.
+    pub card_label_windows_ms: Vec<i64>,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +68,8 @@ impl Default for EngineConfig {
             idle_ttl_ms: None,
             shards: DEFAULT_SHARDS,
             threads: None,
+            merchant_label_windows_ms: Vec::new(),
+            card_label_windows_ms: Vec::new(),
         }
     }
 }
@@ -83,6 +96,22 @@ fn check_windows(kind: &str, windows: &[i64]) -> TxResult<()> {
     if windows.is_empty() {
         return Err(TxError::Config(format!("{kind} windows must not be empty")));
     }
+    check_window_values(kind, windows)
+}
+
+/// Label windows may be empty (that kind's label columns are off), at most
+/// [`MAX_LABEL_WINDOWS`].
+fn check_label_windows(kind: &str, windows: &[i64]) -> TxResult<()> {
+    if windows.len() > MAX_LABEL_WINDOWS {
+        return Err(TxError::Config(format!(
+            "at most {MAX_LABEL_WINDOWS} {kind} windows, got {}",
+            windows.len()
+        )));
+    }
+    check_window_values(kind, windows)
+}
+
+fn check_window_values(kind: &str, windows: &[i64]) -> TxResult<()> {
     for &w in windows {
         if w <= 0 || w % 1000 != 0 || w > MAX_DURATION_MS {
             return Err(TxError::Config(format!(
@@ -106,6 +135,8 @@ impl EngineConfig {
         check_windows("card", &self.card_windows_ms)?;
         check_windows("merchant", &self.merchant_windows_ms)?;
         check_windows("user", &self.user_windows_ms)?;
+        check_label_windows("merchant label", &self.merchant_label_windows_ms)?;
+        check_label_windows("card label", &self.card_label_windows_ms)?;
         let lateness = self.allowed_lateness_ms;
         if !(0..=MAX_DURATION_MS).contains(&lateness) {
             return Err(TxError::Config(format!(
@@ -181,6 +212,18 @@ impl EngineConfig {
                 .iter()
                 .map(|&w| format!("user_distinct_cards_{}", window_suffix(w))),
         );
+        for prefix in ["merchant_fraud_labels", "merchant_fraud_rate"] {
+            names.extend(
+                self.merchant_label_windows_ms
+                    .iter()
+                    .map(|&w| format!("{prefix}_{}", window_suffix(w))),
+            );
+        }
+        names.extend(
+            self.card_label_windows_ms
+                .iter()
+                .map(|&w| format!("card_fraud_labels_{}", window_suffix(w))),
+        );
         names
     }
 
@@ -204,6 +247,8 @@ pub(crate) struct Layout {
     pub merchant_col: usize,
     /// First user column.
     pub user_col: usize,
+    /// First label column (label columns run to the end of the row).
+    pub label_col: usize,
     /// Total number of columns.
     pub width: usize,
 }
@@ -213,11 +258,15 @@ impl Layout {
         let card_cols = BASE_COLUMNS + 4 * config.card_windows_ms.len() + CARD_TAIL_COLUMNS;
         let merchant_col = card_cols;
         let user_col = merchant_col + config.merchant_windows_ms.len();
+        let label_col = user_col + config.user_windows_ms.len();
         Layout {
             card_cols,
             merchant_col,
             user_col,
-            width: user_col + config.user_windows_ms.len(),
+            label_col,
+            width: label_col
+                + 2 * config.merchant_label_windows_ms.len()
+                + config.card_label_windows_ms.len(),
         }
     }
 }

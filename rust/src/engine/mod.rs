@@ -16,6 +16,7 @@
 
 mod card;
 pub mod config;
+mod labels;
 mod merchant;
 pub(crate) mod snapshot;
 mod store;
@@ -24,7 +25,7 @@ mod user;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -32,6 +33,8 @@ use crate::error::{TxError, TxResult};
 use card::{Card, CardEvent, CardParams, CardScratch, Pairs};
 use config::{max_window, Layout, BASE_COLUMNS};
 pub use config::{window_suffix, EngineConfig};
+pub use labels::LabelColumns;
+use labels::{LabelParams, LabelState};
 use merchant::{Merchant, MerchantParams};
 use snapshot::{Reader, Writer};
 use store::{key_hash, shard_of, shard_of_hash, EntityTable, Keyed};
@@ -41,7 +44,7 @@ use user::{User, UserParams, UserScratch};
 pub use card::{haversine_km, EARTH_RADIUS_KM, MIN_SIGMA, MIN_TRAVEL_MS};
 
 /// Version of the feature set (names, order, definitions, default windows).
-pub const FEATURE_VERSION: &str = "txfast-features/1";
+pub const FEATURE_VERSION: &str = "txfast-features/2";
 
 /// One batch of input columns, all of the same length (see docs/features.md, "Inputs").
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +142,12 @@ pub struct Stats {
     pub merchant_bytes: usize,
     /// Part of `state_bytes` held by users.
     pub user_bytes: usize,
+    /// Merchants and cards with label state.
+    pub label_entities: usize,
+    /// Retained label known-times (per entity, the longer of its two lists).
+    pub labels: usize,
+    /// Part of `state_bytes` held by label state.
+    pub label_bytes: usize,
 }
 
 impl std::ops::Add for Stats {
@@ -155,6 +164,9 @@ impl std::ops::Add for Stats {
             card_bytes: self.card_bytes + o.card_bytes,
             merchant_bytes: self.merchant_bytes + o.merchant_bytes,
             user_bytes: self.user_bytes + o.user_bytes,
+            label_entities: self.label_entities + o.label_entities,
+            labels: self.labels + o.labels,
+            label_bytes: self.label_bytes + o.label_bytes,
         }
     }
 }
@@ -554,6 +566,22 @@ impl BatchContext<'_> {
     }
 }
 
+/// Batches with fewer rows run on one thread (see [`sequential_pool`]).
+pub const SEQUENTIAL_BELOW: usize = 2048;
+
+/// A one-thread pool shared by every engine for small batches (the phases' rayon calls then
+/// run inline on its worker).
+fn sequential_pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "txfast-features-small".into())
+            .build()
+            .expect("a one-thread pool can always be built")
+    })
+}
+
 /// Run each worker's task list, worker `w` of the current pool taking `per_worker[w]`.
 fn run_tasks(ctx: &BatchContext<'_>, per_worker: Vec<Vec<Task<'_>>>) {
     // One uncontended lock per worker and phase, to hand each worker its task list.
@@ -623,6 +651,9 @@ pub struct FeatureEngine {
     users: Vec<EntityTable<User>>,
     /// (category, country) pair symbols of every card's combinations.
     pairs: Pairs,
+    /// Label windows and the label state of merchants and cards.
+    label_params: LabelParams,
+    labels: LabelState,
     newest: Option<i64>,
     pool: Option<rayon::ThreadPool>,
     /// Working buffers of `process`, kept between batches (not state).
@@ -686,8 +717,15 @@ impl FeatureEngine {
             retention: max_window(&config.user_windows_ms) + lateness,
         };
         let shards = config.shards;
+        let label_params = LabelParams {
+            merchant_windows: config.merchant_label_windows_ms.clone(),
+            card_windows: config.card_label_windows_ms.clone(),
+            lateness,
+        };
         Ok(FeatureEngine {
             layout: Layout::new(&config),
+            label_params,
+            labels: LabelState::default(),
             card,
             merchant,
             user,
@@ -776,8 +814,12 @@ impl FeatureEngine {
             pairs,
             pool,
             buffers,
+            label_params,
+            labels,
             ..
         } = self;
+        let (label_params, labels) = (&*label_params, &*labels);
+        let nl = label_params.columns();
         let mut work = move || {
             let c = cols;
             // The card order and the pair symbols of the rows, the merchant and user
@@ -889,7 +931,8 @@ impl FeatureEngine {
                             store::prefetch_lines(&card_out[start..start + cc], 4);
                         }
                         let (card_cols, rest) = row.split_at_mut(layout.card_cols);
-                        let (merchant_cols, user_cols) = rest.split_at_mut(nm);
+                        let (merchant_cols, rest) = rest.split_at_mut(nm);
+                        let (user_cols, label_cols) = rest.split_at_mut(nu);
                         let pos = pc.rank[r] as usize;
                         C::copy(card_cols, &card_out[pos * layout.card_cols..]);
                         let pos = pm.rank[r] as usize;
@@ -898,24 +941,65 @@ impl FeatureEngine {
                             u32::MAX => user_cols.iter_mut().for_each(|c| c.set(-1.0)),
                             pos => C::copy(user_cols, &user_out[pos as usize * nu..]),
                         }
+                        if nl > 0 {
+                            let mut values = [0f32; 3 * config::MAX_LABEL_WINDOWS];
+                            let values = &mut values[..nl];
+                            labels.features(
+                                c.ts_ms[r],
+                                c.card[r],
+                                c.merchant[r],
+                                label_params,
+                                values,
+                            );
+                            C::copy(label_cols, values);
+                        }
                     }
                 });
         };
         match pool {
             Some(pool) => pool.install(work),
+            // A small batch (a stream at low rate, one partition's share of a batch) costs
+            // less on one thread than the hand-offs between the phases of several; and when
+            // the cores are busy, waiting for every worker to wake is what makes the tail.
+            None if n < SEQUENTIAL_BELOW => sequential_pool().install(work),
             // On a worker of the global pool, so that the phases below start from inside it.
             None if rayon::current_thread_index().is_none() => rayon::join(work, || ()).0,
             None => work(),
         }
     }
 
+    /// Whether any label column is configured.
+    pub fn labels_enabled(&self) -> bool {
+        self.label_params.enabled()
+    }
+
+    /// Add label events, in order, to the label state (see docs/features.md, "Label
+    /// features"); returns how many rows were given. A transaction at `t` processed later
+    /// counts a label if and only if its `known_ms <= t` (and it is in the window and not
+    /// pruned); transactions already processed are not changed. Labels of a kind without
+    /// label windows are ignored; so is everything when no label column is configured. On an
+    /// input error nothing changes.
+    pub fn process_labels(&mut self, cols: &LabelColumns<'_>) -> TxResult<usize> {
+        let n = cols.validate()?;
+        if self.label_params.enabled() {
+            self.labels.add(cols, &self.label_params, self.newest);
+        }
+        Ok(n)
+    }
+
     /// Drop every entity whose newest event is older than `watermark_ms − TTL` (TTL of its
-    /// kind); `None` uses the largest event time processed so far. Returns how many entities
-    /// were dropped.
+    /// kind), and every label whose known time is older than `watermark_ms − TTL` (the TTL
+    /// of label state being `idle_ttl_ms` or the longest label window of its kind + `L`);
+    /// `None` uses the largest event time processed so far. Returns how many entities
+    /// (label entities left without labels included) were dropped.
     pub fn evict_idle(&mut self, watermark_ms: Option<i64>) -> usize {
         let Some(watermark) = watermark_ms.or(self.newest) else {
             return 0;
         };
+        let config = &self.config;
+        let label_dropped = self
+            .labels
+            .evict(watermark, &self.label_params, |w| config.ttl_for(w));
         let card_before =
             watermark.saturating_sub(self.config.ttl_for(self.card.windows[self.card.longest]));
         let merchant_before =
@@ -998,10 +1082,11 @@ impl FeatureEngine {
                 });
             c + m + u
         };
-        match pool {
-            Some(pool) => pool.install(work),
-            None => work(),
-        }
+        label_dropped
+            + match pool {
+                Some(pool) => pool.install(work),
+                None => work(),
+            }
     }
 
     /// Entity counts, retained events and heap bytes of the state.
@@ -1049,6 +1134,7 @@ impl FeatureEngine {
                 merchant_bytes + store::heap_bytes(shards * std::mem::size_of::<MerchantShard>());
             let user_bytes =
                 user_bytes + store::heap_bytes(shards * std::mem::size_of::<EntityTable<User>>());
+            let l = self.labels.stats();
             Stats {
                 cards,
                 merchants,
@@ -1056,10 +1142,13 @@ impl FeatureEngine {
                 card_events,
                 merchant_events,
                 user_events,
-                state_bytes: card_bytes + merchant_bytes + user_bytes,
+                state_bytes: card_bytes + merchant_bytes + user_bytes + l.bytes,
                 card_bytes,
                 merchant_bytes,
                 user_bytes,
+                label_entities: l.entities,
+                labels: l.labels,
+                label_bytes: l.bytes,
             }
         })
     }
@@ -1077,6 +1166,8 @@ impl FeatureEngine {
         w.u8(u8::from(c.idle_ttl_ms.is_some()));
         w.i64(c.idle_ttl_ms.unwrap_or(0));
         w.u32(c.shards as u32);
+        w.i64_list(&c.merchant_label_windows_ms);
+        w.i64_list(&c.card_label_windows_ms);
         w.u8(u8::from(self.newest.is_some()));
         w.i64(self.newest.unwrap_or(0));
         for shard in &self.merchants {
@@ -1095,6 +1186,7 @@ impl FeatureEngine {
         for e in self.users.iter().flat_map(|t| t.iter()) {
             e.write_to(&mut w);
         }
+        self.labels.write_to(&mut w);
         let sum = snapshot::checksum(&w.buf);
         w.u64(sum);
         w.buf
@@ -1113,12 +1205,14 @@ impl FeatureEngine {
             ));
         }
         let version = r.u32()?;
-        if version != snapshot::FORMAT_VERSION {
+        if !snapshot::READABLE_VERSIONS.contains(&version) {
             return Err(TxError::Snapshot(format!(
-                "unsupported format version {version} (this build reads {})",
-                snapshot::FORMAT_VERSION
+                "unsupported format version {version} (this build reads {:?})",
+                snapshot::READABLE_VERSIONS
             )));
         }
+        // Version 2 has no label configuration or state: restored with labels off.
+        let has_labels = version >= 3;
         if bytes.len() < 16 {
             return Err(TxError::Snapshot("truncated data".into()));
         }
@@ -1137,7 +1231,14 @@ impl FeatureEngine {
         let has_ttl = r.u8()? != 0;
         let ttl = r.i64()?;
         let shards = r.u32()? as usize;
+        let (merchant_label_windows_ms, card_label_windows_ms) = if has_labels {
+            (r.i64_list()?, r.i64_list()?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let config = EngineConfig {
+            merchant_label_windows_ms,
+            card_label_windows_ms,
             card_windows_ms,
             merchant_windows_ms,
             user_windows_ms,
@@ -1203,6 +1304,9 @@ impl FeatureEngine {
             parts[shard_of(e.key(), shards)].push(e);
         }
         engine.users = collect_tables(parts, "user")?;
+        if has_labels {
+            engine.labels = LabelState::read_from(&mut r)?;
+        }
         if !r.is_at_end() {
             return Err(TxError::Snapshot("unexpected data after the state".into()));
         }

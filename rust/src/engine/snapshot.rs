@@ -1,11 +1,13 @@
 //! Little-endian byte writer and bounds-checked reader for snapshots.
 //!
-//! Format (version [`FORMAT_VERSION`]):
+//! Format (version [`FORMAT_VERSION`]; version 2, without the label parts, is still read and
+//! restores an engine with label features off):
 //!
 //! ```text
 //! b"TXFS"  u32 format version
 //! config   u32 n + n × i64 card windows, same for merchant and user windows,
-//!          i64 allowed lateness, u8 has TTL + i64 TTL, u32 shards
+//!          i64 allowed lateness, u8 has TTL + i64 TTL, u32 shards,
+//!          (version 3) u32 n + n × i64 merchant label windows, same for card label windows
 //! engine   u8 has newest + i64 newest event time seen
 //! symbols  per merchant shard, its merchant symbols; then the (category, country) pair
 //!          symbols: u32 n, n keys (u64 merchant key, or u64 category + u64 country; zeros
@@ -15,6 +17,9 @@
 //! merchants u64 n, then per merchant: u64 key, u32 global merchant symbol, i64 base,
 //!          u32 n, n × u32 offsets
 //! users    u64 n, then per user: u64 key, u32 n_words, n_words × u32 (see `user.rs`)
+//! labels   (version 3) merchants then cards: u64 n, then per entity: u64 key, u32 n_all,
+//!          n_all × i64 known times of all labels, u32 n_fraud, n_fraud × i64 of the fraud
+//!          labels, both sorted (see `labels.rs`)
 //! trailer  u64 checksum of every byte before it
 //! ```
 
@@ -23,7 +28,9 @@ use crate::error::{TxError, TxResult};
 /// Magic bytes at the start of every snapshot.
 pub const MAGIC: &[u8; 4] = b"TXFS";
 /// Version of the snapshot layout written by this build.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// Versions [`super::FeatureEngine::restore`] reads.
+pub const READABLE_VERSIONS: [u32; 2] = [2, FORMAT_VERSION];
 
 /// Checksum of a byte string (64-bit multiply-xor over 8-byte words, then `mix64`).
 pub(crate) fn checksum(bytes: &[u8]) -> u64 {

@@ -415,3 +415,201 @@ fn state_bytes_count_every_allocation() {
         s.state_bytes - empty
     );
 }
+
+fn with_labels() -> EngineConfig {
+    EngineConfig {
+        merchant_label_windows_ms: vec![20_000, 5_000],
+        card_label_windows_ms: vec![30_000],
+        ..small()
+    }
+}
+
+/// Labels about the transactions of `b` (every third one fraud), known `delay` ms later.
+fn labels_of(b: &Batch, delay: i64) -> (Vec<i64>, Vec<u64>, Vec<u64>, Vec<u8>) {
+    let known = b.ts.iter().map(|t| t + delay).collect();
+    let label = (0..b.ts.len()).map(|i| u8::from(i % 3 == 0)).collect();
+    (known, b.card.clone(), b.merchant.clone(), label)
+}
+
+fn label_cols<'a>(l: &'a (Vec<i64>, Vec<u64>, Vec<u64>, Vec<u8>)) -> LabelColumns<'a> {
+    LabelColumns {
+        known_ms: &l.0,
+        card: &l.1,
+        merchant: &l.2,
+        label: &l.3,
+    }
+}
+
+#[test]
+fn label_names_follow_the_other_columns() {
+    let e = FeatureEngine::new(with_labels()).unwrap();
+    let names = e.feature_names();
+    assert_eq!(e.width(), names.len());
+    assert_eq!(
+        names[names.len() - 5..],
+        [
+            "merchant_fraud_labels_20s",
+            "merchant_fraud_labels_5s",
+            "merchant_fraud_rate_20s",
+            "merchant_fraud_rate_5s",
+            "card_fraud_labels_30s",
+        ]
+    );
+    assert!(e.labels_enabled());
+    assert!(!FeatureEngine::new(small()).unwrap().labels_enabled());
+    let too_many = EngineConfig {
+        card_label_windows_ms: (1..=17).map(|s| s * 1000).collect(),
+        ..small()
+    };
+    assert!(matches!(
+        FeatureEngine::new(too_many),
+        Err(TxError::Config(_))
+    ));
+    let duplicate = EngineConfig {
+        merchant_label_windows_ms: vec![5_000, 5_000],
+        ..small()
+    };
+    assert!(matches!(
+        FeatureEngine::new(duplicate),
+        Err(TxError::Config(_))
+    ));
+}
+
+#[test]
+fn labels_do_not_change_the_other_columns_and_future_labels_change_nothing() {
+    let b = random_stream(600, 11);
+    let plain = FeatureEngine::new(small())
+        .unwrap()
+        .process(&b.cols())
+        .unwrap();
+    // Every label fed before any transaction, all known after the last transaction: no
+    // label column moves from its "no label" value and the other columns are unchanged.
+    let last = *b.ts.iter().max().unwrap();
+    let l = labels_of(&b, last - T + 100_000);
+    let mut e = FeatureEngine::new(with_labels()).unwrap();
+    e.process_labels(&label_cols(&l)).unwrap();
+    let rows = e.process(&b.cols()).unwrap();
+    let (w, pw) = (e.width(), plain.len() / 600);
+    for i in 0..600 {
+        assert_eq!(rows[i * w..i * w + pw], plain[i * pw..(i + 1) * pw]);
+        assert_eq!(rows[i * w + pw..(i + 1) * w], [0.0, 0.0, -1.0, -1.0, 0.0]);
+    }
+}
+
+#[test]
+fn label_known_exactly_at_t_counts_and_one_ms_later_does_not() {
+    let mut b = Batch::default();
+    b.push(T, 1, 10.0, 2, 0).push(T + 1, 1, 10.0, 2, 0);
+    let mut e = FeatureEngine::new(with_labels()).unwrap();
+    let l = (vec![T + 1], vec![1], vec![2], vec![1]);
+    e.process_labels(&label_cols(&l)).unwrap();
+    let rows = e.process(&b.cols()).unwrap();
+    let w = e.width();
+    assert_eq!(rows[w - 5..w], [0.0, 0.0, -1.0, -1.0, 0.0]);
+    assert_eq!(rows[2 * w - 5..2 * w], [1.0, 1.0, 1.0, 1.0, 1.0]);
+}
+
+#[test]
+fn label_order_against_transactions_does_not_matter_within_the_contract() {
+    // Labels known `delay` after their transaction: fed all up front, or each just before
+    // the first transaction at or after its known time, the rows are the same (every event
+    // of the stream is at most 30 s late, within the allowed lateness here, so pruning at
+    // label insertion changes nothing).
+    let b = random_stream(900, 5);
+    let l = labels_of(&b, 4_000);
+    let config = EngineConfig {
+        allowed_lateness_ms: 30_000,
+        ..with_labels()
+    };
+    let mut upfront = FeatureEngine::new(config.clone()).unwrap();
+    upfront.process_labels(&label_cols(&l)).unwrap();
+    let expected = upfront.process(&b.cols()).unwrap();
+
+    let mut interleaved = FeatureEngine::new(EngineConfig {
+        shards: 3,
+        ..config
+    })
+    .unwrap();
+    let mut order: Vec<usize> = (0..l.0.len()).collect();
+    order.sort_by_key(|&i| l.0[i]);
+    let mut next = 0;
+    let mut got = Vec::new();
+    for i in 0..b.ts.len() {
+        while next < order.len() && l.0[order[next]] <= b.ts[i] {
+            let j = order[next];
+            let one = (vec![l.0[j]], vec![l.1[j]], vec![l.2[j]], vec![l.3[j]]);
+            interleaved.process_labels(&label_cols(&one)).unwrap();
+            next += 1;
+        }
+        got.extend(interleaved.process(&b.slice(i, i + 1)).unwrap());
+    }
+    let first_difference = (0..got.len()).find(|&i| got[i] != expected[i]);
+    assert_eq!(first_difference, None);
+    // Some label column is not at its "no label" value.
+    let w = upfront.width();
+    assert!((0..900).any(|i| expected[(i + 1) * w - 1] > 0.0));
+    assert!((0..900).any(|i| expected[(i + 1) * w - 3] > 0.0));
+}
+
+#[test]
+fn snapshot_round_trip_with_label_state_mid_stream() {
+    let b = random_stream(800, 7);
+    let l = labels_of(&b, 3_000);
+    let mut uninterrupted = FeatureEngine::new(with_labels()).unwrap();
+    uninterrupted.process_labels(&label_cols(&l)).unwrap();
+    let expected = uninterrupted.process(&b.cols()).unwrap();
+
+    let mut first = FeatureEngine::new(with_labels()).unwrap();
+    first.process_labels(&label_cols(&l)).unwrap();
+    let mut got = first.process(&b.slice(0, 400)).unwrap();
+    let blob = first.snapshot();
+    let mut restored = FeatureEngine::restore(&blob).unwrap();
+    assert_eq!(restored.config(), first.config());
+    assert_eq!(restored.snapshot(), blob);
+    let (a, r) = (first.stats(), restored.stats());
+    assert_eq!((a.label_entities, a.labels), (r.label_entities, r.labels));
+    assert!(a.labels > 0);
+    got.extend(restored.process(&b.slice(400, 800)).unwrap());
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn version_2_snapshots_load_with_labels_off() {
+    let b = random_stream(300, 3);
+    let mut e = FeatureEngine::new(small()).unwrap();
+    e.process(&b.slice(0, 150)).unwrap();
+    let v3 = e.snapshot();
+    // Rebuild the version 2 layout: no label windows after the shards, no label state.
+    let config_end = 8 + [2usize, 1, 1].iter().map(|n| 4 + 8 * n).sum::<usize>() + 8 + 9 + 4;
+    let mut v2 = v3[..config_end].to_vec();
+    assert_eq!(v3[config_end..config_end + 8], [0u8; 8]);
+    v2.extend_from_slice(&v3[config_end + 8..v3.len() - 8 - 16]);
+    v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let sum = snapshot::checksum(&v2);
+    v2.extend_from_slice(&sum.to_le_bytes());
+    let mut restored = FeatureEngine::restore(&v2).unwrap();
+    assert_eq!(restored.snapshot(), v3);
+    assert_eq!(
+        restored.process(&b.slice(150, 300)).unwrap(),
+        e.process(&b.slice(150, 300)).unwrap()
+    );
+    let mut v9 = v3.clone();
+    v9[4..8].copy_from_slice(&9u32.to_le_bytes());
+    assert!(matches!(
+        FeatureEngine::restore(&v9),
+        Err(TxError::Snapshot(_))
+    ));
+}
+
+#[test]
+fn eviction_drops_old_labels_only() {
+    let mut e = FeatureEngine::new(with_labels()).unwrap();
+    let l = (vec![T, T + 100_000], vec![1, 1], vec![2, 2], vec![1, 1]);
+    e.process_labels(&label_cols(&l)).unwrap();
+    assert_eq!(e.stats().labels, 4);
+    // Merchant TTL 20 s + 10 s, card 30 s + 10 s: at T + 35 s the merchant's first label goes.
+    assert_eq!(e.evict_idle(Some(T + 35_000)), 0);
+    assert_eq!(e.stats().labels, 1 + 2);
+    assert_eq!(e.evict_idle(Some(T + 200_000)), 2);
+    assert_eq!(e.stats().label_entities, 0);
+}

@@ -9,7 +9,7 @@ use crate::engine::config::{
     DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_CARD_WINDOWS_MS, DEFAULT_MERCHANT_WINDOWS_MS,
     DEFAULT_SHARDS, DEFAULT_USER_WINDOWS_MS,
 };
-use crate::engine::{Columns, EngineConfig, FeatureEngine, FEATURE_VERSION};
+use crate::engine::{Columns, EngineConfig, FeatureEngine, LabelColumns, FEATURE_VERSION};
 use crate::error::TxError;
 use crate::hash;
 
@@ -36,6 +36,8 @@ impl PyFeatureEngine {
         idle_ttl_ms = None,
         shards = DEFAULT_SHARDS as i64,
         threads = None,
+        merchant_label_windows_ms = Vec::new(),
+        card_label_windows_ms = Vec::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -46,6 +48,8 @@ impl PyFeatureEngine {
         idle_ttl_ms: Option<i64>,
         shards: i64,
         threads: Option<i64>,
+        merchant_label_windows_ms: Vec<i64>,
+        card_label_windows_ms: Vec<i64>,
     ) -> PyResult<Self> {
         let count = |name: &str, v: i64| {
             usize::try_from(v).map_err(|_| TxError::Config(format!("{name} must be positive: {v}")))
@@ -58,6 +62,8 @@ impl PyFeatureEngine {
             idle_ttl_ms,
             shards: count("shards", shards)?,
             threads: threads.map(|t| count("threads", t)).transpose()?,
+            merchant_label_windows_ms,
+            card_label_windows_ms,
         };
         Ok(Self {
             inner: FeatureEngine::new(config)?,
@@ -118,6 +124,37 @@ impl PyFeatureEngine {
         Ok(matrix.into_pyarray(py))
     }
 
+    /// Whether label columns are configured (any merchant or card label window).
+    #[getter]
+    fn labels_enabled(&self) -> bool {
+        self.inner.labels_enabled()
+    }
+
+    /// Add label events to the label state, in order; returns the number of rows.
+    ///
+    /// Takes four 1-D contiguous numpy arrays of one length (int64 known time, uint64 card,
+    /// uint64 merchant, uint8 label 0/1). A transaction processed afterwards at `t` counts a
+    /// label only if `known_ms <= t`. Ignored (after validation) when no label window is
+    /// configured. Releases the GIL. Raises `InputError` on columns of different lengths or
+    /// a label other than 0/1 (nothing is changed then).
+    fn process_labels(
+        &mut self,
+        py: Python<'_>,
+        known_ms: PyReadonlyArray1<'_, i64>,
+        card: PyReadonlyArray1<'_, u64>,
+        merchant: PyReadonlyArray1<'_, u64>,
+        label: PyReadonlyArray1<'_, u8>,
+    ) -> PyResult<usize> {
+        let cols = LabelColumns {
+            known_ms: slice("known_ms", &known_ms)?,
+            card: slice("card", &card)?,
+            merchant: slice("merchant", &merchant)?,
+            label: slice("label", &label)?,
+        };
+        let engine = &mut self.inner;
+        Ok(py.detach(|| engine.process_labels(&cols))?)
+    }
+
     /// Serialise configuration and state: magic `b"TXFS"`, format version, config, state.
     ///
     /// Releases the GIL while serialising.
@@ -150,8 +187,9 @@ impl PyFeatureEngine {
     /// Entity counts, retained events and heap bytes of the state, as a dict of ints.
     ///
     /// Keys: `cards`, `merchants`, `users`, `card_events`, `merchant_events`, `user_events`,
-    /// `state_bytes` and its split `card_bytes`, `merchant_bytes`, `user_bytes`. Releases the
-    /// GIL while counting.
+    /// `state_bytes` and its split `card_bytes`, `merchant_bytes`, `user_bytes`,
+    /// `label_bytes`; `label_entities` and `labels` (label state). Releases the GIL while
+    /// counting.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let engine = &self.inner;
         let s = py.detach(|| engine.stats());
@@ -166,6 +204,9 @@ impl PyFeatureEngine {
         d.set_item("card_bytes", s.card_bytes)?;
         d.set_item("merchant_bytes", s.merchant_bytes)?;
         d.set_item("user_bytes", s.user_bytes)?;
+        d.set_item("label_entities", s.label_entities)?;
+        d.set_item("labels", s.labels)?;
+        d.set_item("label_bytes", s.label_bytes)?;
         Ok(d)
     }
 
@@ -173,13 +214,16 @@ impl PyFeatureEngine {
         let c = self.inner.config();
         format!(
             "FeatureEngine(card_windows_ms={:?}, merchant_windows_ms={:?}, user_windows_ms={:?}, \
-             allowed_lateness_ms={}, idle_ttl_ms={:?}, shards={})",
+             allowed_lateness_ms={}, idle_ttl_ms={:?}, shards={}, \
+             merchant_label_windows_ms={:?}, card_label_windows_ms={:?})",
             c.card_windows_ms,
             c.merchant_windows_ms,
             c.user_windows_ms,
             c.allowed_lateness_ms,
             c.idle_ttl_ms,
-            c.shards
+            c.shards,
+            c.merchant_label_windows_ms,
+            c.card_label_windows_ms
         )
     }
 }
