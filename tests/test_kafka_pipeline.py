@@ -175,16 +175,25 @@ def kafka_settings(tmp_path: Path, registry: Path, bootstrap: str, topic: str, g
     )
 
 
-def store_alerts(path: Path) -> dict[str, list[float]]:
+def store_alerts(store: Path | str) -> dict[str, list[float]]:
+    """``transaction_id → features`` of a DuckDB file or a PostgreSQL URL's alerts."""
+    if isinstance(store, str):
+        import psycopg
+
+        with psycopg.connect(store) as conn:
+            rows = conn.execute("SELECT transaction_id, features FROM alerts").fetchall()
+        return {tid: [float(x) for x in feats] for tid, feats in rows}
     import duckdb
 
-    con = duckdb.connect(str(path), read_only=True)
+    con = duckdb.connect(str(store), read_only=True)
     rows = con.execute("SELECT transaction_id, features FROM alerts").fetchall()
     con.close()
     return dict(rows)
 
 
-def check_outputs(bootstrap: str, topic: str, stores: list[Path], expected, expected_rejects):
+def check_outputs(
+    bootstrap: str, topic: str, stores: list[Path] | list[str], expected, expected_rejects
+):
     topic_alerts = read_all(bootstrap, f"{topic}-alerts")
     ids = [json.loads(m.value())["transaction_id"] for m in topic_alerts]
     assert len(ids) == len(set(ids)), "an alert was published twice"
@@ -194,7 +203,12 @@ def check_outputs(bootstrap: str, topic: str, stores: list[Path], expected, expe
         stored.update(store_alerts(s))
     assert set(stored) == set(expected), "alerts store differs from the in-memory run"
     for tid, feats in expected.items():
-        np.testing.assert_allclose(stored[tid], feats, rtol=0, atol=0, err_msg=tid)
+        # float32 on both sides: PostgreSQL prints a real in its shortest exact form.
+        np.testing.assert_array_equal(
+            np.asarray(stored[tid], dtype=np.float32),
+            np.asarray(feats, dtype=np.float32),
+            err_msg=tid,
+        )
     dlq = read_all(bootstrap, f"{topic}-dlq", timeout=3.0)
     reasons = sorted(dict(m.headers())["reason"].decode() for m in dlq)
     assert reasons == expected_rejects
@@ -227,12 +241,22 @@ def run_cli(
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
+def last_json(log: str) -> dict:
+    """The last ``--json`` summary printed into a log (it opens with a ``{`` line)."""
+    text = "\n" + log
+    return json.loads(text[text.rindex("\n{\n") + 1 :])
+
+
 def write_settings(
-    path: Path, settings, batch_size: int = 2000, consumer: dict[str, str] | None = None
+    path: Path,
+    settings,
+    batch_size: int = 2000,
+    consumer: dict[str, str] | None = None,
+    store: str | None = None,
 ) -> Path:
     k = settings.kafka
     path.write_text(
-        f"""store = "{settings.store}"
+        f"""store = "{store or settings.store}"
 registry = "{settings.registry}"
 [pipeline]
 batch_size = {batch_size}
@@ -273,7 +297,7 @@ def test_sigkill_three_times_loses_and_doubles_nothing(kafka_broker, events, reg
     proc = run_cli(cfg, log)
     proc.wait(600)
     assert proc.returncode == 0, log.read_text()[-3000:]
-    final = json.loads(log.read_text()[log.read_text().rindex("{\n") :])
+    final = last_json(log.read_text())
     assert final["restores"] > 0, final
     check_outputs(
         kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
@@ -313,6 +337,65 @@ def test_two_processes_split_the_load_and_survive_losing_one(
     procs["b"].wait(600)
     log_b = (tmp_path / "b.log").read_text()
     assert procs["b"].returncode == 0, log_b[-3000:]
-    final = json.loads(log_b[log_b.rindex("{\n") :])
+    final = last_json(log_b)
     assert final["scored"] > 0
     check_outputs(kafka_broker.bootstrap, topic, stores, expected, expected_rejects)
+
+
+def test_broker_restart_mid_run_loses_and_doubles_nothing(kafka_broker, events, registry, tmp_path):
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        kafka_broker.bootstrap, {topic: PARTITIONS, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    )
+    load_topic(kafka_broker.bootstrap, topic, events)
+    expected, expected_rejects = expected_run(events, registry, tmp_path)
+    settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
+    cfg = write_settings(tmp_path / "txfast.toml", settings, batch_size=200)
+    log = tmp_path / "scorer.log"
+    # Idle long enough to outlast the outage: the scorer must wait for the broker, not exit.
+    proc = run_cli(cfg, log, idle_exit=30.0)
+    time.sleep(5.0)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    kafka_broker.stop(keep=True)
+    time.sleep(5.0)
+    kafka_broker.start()
+    proc.wait(600)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    final = last_json(log.read_text())
+    assert final["consumed"] >= len(events), final
+    check_outputs(
+        kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
+    )
+
+
+@pytest.mark.postgres
+def test_postgres_outage_mid_stream_loses_and_doubles_nothing(
+    kafka_broker, pg_server, pg_database, events, registry, tmp_path
+):
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        kafka_broker.bootstrap, {topic: PARTITIONS, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    )
+    half = len(events) // 2
+    load_topic(kafka_broker.bootstrap, topic, events[:half])
+    expected, expected_rejects = expected_run(events, registry, tmp_path)
+    settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
+    cfg = write_settings(tmp_path / "txfast.toml", settings, batch_size=500, store=pg_database)
+    log = tmp_path / "scorer.log"
+    proc = run_cli(cfg, log, idle_exit=30.0)
+    deadline = time.monotonic() + 120
+    while not read_all(kafka_broker.bootstrap, f"{topic}-alerts", timeout=1.0):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+    # The database goes away while the scorer works and the second half arrives meanwhile.
+    pg_server.stop(keep=True)
+    t0 = time.monotonic()
+    load_topic(kafka_broker.bootstrap, topic, events[half:])
+    time.sleep(max(0.0, 10.0 - (time.monotonic() - t0)))
+    assert proc.poll() is None, log.read_text()[-3000:]
+    pg_server.start()
+    proc.wait(600)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    # The outage was felt: a write failed and was retried, or waited for a new connection.
+    assert "store write failed" in text or "error connecting in 'txfast-store'" in text
+    check_outputs(kafka_broker.bootstrap, topic, [pg_database], expected, expected_rejects)

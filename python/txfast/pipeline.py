@@ -6,18 +6,20 @@ write is one transaction). No stage loops over transactions in Python.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
 
-from txfast.config import Settings, parse_duration_ms
+from txfast.config import Settings
 from txfast.decode import DecodedBatch, Decoder, Rejected
-from txfast.features import FeatureEngine
+from txfast.exceptions import StoreError
+from txfast.features import FeatureEngine, engine_from_settings
 from txfast.rules import LEVELS, Decisions, RuleEngine
 from txfast.scoring import Scorer
 from txfast.sources import SourceBatch
@@ -25,19 +27,12 @@ from txfast.store import ScoredBatch, Store, open_store
 
 __all__ = ["BatchResult", "Pipeline", "RunSummary", "build_engine", "build_decoder"]
 
+log = logging.getLogger("txfast.pipeline")
+
 
 def build_engine(settings: Settings) -> FeatureEngine:
-    """A feature engine with the configured windows."""
-    f = settings.features
-    return FeatureEngine(
-        card_windows_ms=[parse_duration_ms(w) for w in f.card_windows],
-        merchant_windows_ms=[parse_duration_ms(w) for w in f.merchant_windows],
-        user_windows_ms=[parse_duration_ms(w) for w in f.user_windows],
-        allowed_lateness_ms=parse_duration_ms(f.allowed_lateness),
-        idle_ttl_ms=parse_duration_ms(f.idle_ttl) if f.idle_ttl else None,
-        shards=f.shards,
-        threads=f.threads,
-    )
+    """A feature engine with the configured windows (label windows when ``labels`` is on)."""
+    return engine_from_settings(settings.features)
 
 
 def build_decoder(settings: Settings) -> Decoder:
@@ -71,6 +66,7 @@ class RunSummary:
     rejected: int = 0
     alerts: int = 0
     batches: int = 0
+    store_retries: int = 0
     seconds: float = 0.0
     by_risk: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -90,6 +86,7 @@ class RunSummary:
             "rejected": self.rejected,
             "alerts": self.alerts,
             "batches": self.batches,
+            "store_retries": self.store_retries,
             "seconds": round(self.seconds, 3),
             "tx_per_s": round(self.tx_per_s, 1),
             "by_risk": self.by_risk,
@@ -136,7 +133,8 @@ class Pipeline:
             feature_names=list(engine.feature_names),
             feature_version=engine.feature_version,
         )
-        return cls(settings, store=open_store(settings.store), scorer=scorer, engine=engine)
+        store = open_store(settings.store, migrate=settings.store_migrate)
+        return cls(settings, store=store, scorer=scorer, engine=engine)
 
     def process(self, batch: SourceBatch, source: str) -> BatchResult:
         """Decode, featurise, score, decide and store one batch (durable on return)."""
@@ -172,6 +170,22 @@ class Pipeline:
             rejected: Dead letters of the batch, positions already absolute.
             source: Source name, the dead letters' default key.
         """
+        result = self.decide(decoded, features, rejected, source)
+        self.write(result)
+        return result
+
+    def decide(
+        self,
+        decoded: DecodedBatch,
+        features: np.ndarray,
+        rejected: list[Rejected],
+        source: str,
+    ) -> BatchResult:
+        """Score and decide featurised rows and build the tables to store; nothing is written.
+
+        The streaming scorer decides batch *n + 1* while batch *n* is being written; callers
+        that do not overlap stages use :meth:`finish`.
+        """
         c = decoded.columns
         scored = self.scorer.score_batch(features)
         scores = scored.score
@@ -183,13 +197,48 @@ class Pipeline:
             channel=c["channel"],
             category=c["merchant_category"],
             country=c["country_code"],
+            bands=scored.bands,
         )
         stored = self._tables(
             decoded, features, scores, decisions, rejected, source, scored.model_version
         )
-        self.store.write_batch(stored, history=self.settings.pipeline.history)
-        self._count(decoded, decisions, rejected)
         return BatchResult(decoded, features, scores, decisions, stored)
+
+    def write(
+        self, result: BatchResult, *, give_up: Callable[[int], bool] = lambda attempt: False
+    ) -> None:
+        """Write a decided batch to the store (one transaction; durable on return).
+
+        A failing store (say PostgreSQL restarting) is retried with exponential backoff, up to
+        ``settings.pipeline.store_retry_max_s`` between attempts, for as long as it takes:
+        the caller holds its input (and its offsets) meanwhile, which is the back-pressure.
+
+        Args:
+            result: The decided batch.
+            give_up: Called with the number of failed attempts after each failure; when it
+                returns True the last :class:`~txfast.exceptions.StoreError` is raised.
+        """
+        attempt = 0
+        while True:
+            try:
+                self.store.write_batch(result.stored, history=self.settings.pipeline.history)
+                break
+            except StoreError as e:
+                attempt += 1
+                self.summary.store_retries += 1
+                if give_up(attempt):
+                    raise
+                delay = min(self.settings.pipeline.store_retry_max_s, 0.1 * 2**attempt)
+                log.error(
+                    "store write failed (attempt %d); holding the batch, retrying in %.1f s: %s",
+                    attempt,
+                    delay,
+                    e,
+                )
+                time.sleep(delay)
+        if attempt:
+            log.warning("store is back after %d failed attempts", attempt)
+        self._count(result.decoded, result.decisions, result.stored.dead_letters)
 
     def _tables(
         self,
@@ -252,7 +301,7 @@ class Pipeline:
                 pa.array(np.full(k, now.value, dtype=np.int64)).cast(pa.timestamp("ms")),
             )
         )
-        return ScoredBatch(tx, alerts, rejected, source)
+        return ScoredBatch(tx, alerts, rejected, source, feature_names=tuple(self.feature_names))
 
     def _count(self, decoded: DecodedBatch, d: Decisions, rejected: list) -> None:
         s = self.summary

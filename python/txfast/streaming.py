@@ -25,14 +25,18 @@ redone; committed work is replayed into state without output.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import queue
 import signal
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +46,10 @@ import numpy as np
 import pyarrow as pa
 
 from txfast.config import KafkaSettings, Settings
-from txfast.decode import DecodedBatch, Rejected
-from txfast.exceptions import SnapshotError
+from txfast.decode import Rejected
+from txfast.exceptions import SnapshotError, StoreError
 from txfast.features import FeatureEngine
-from txfast.pipeline import Pipeline, build_engine
+from txfast.pipeline import BatchResult, Pipeline, build_engine
 
 __all__ = ["CheckpointDir", "KafkaScorer", "StreamStats"]
 
@@ -100,17 +104,45 @@ class CheckpointDir:
 
 @dataclass
 class _Partition:
-    """State of one assigned partition."""
+    """State of one assigned partition.
+
+    ``committed`` advances when a batch's Kafka transaction commits (after its store write).
+    """
 
     engine: FeatureEngine
-    committed: int  # first offset not yet committed: below it, messages are replay
+    replay_until: int  # below it, messages were committed before we owned them: state only
     position: int  # next offset this engine has not seen
+    committed: int  # next offset whose results are not committed yet
     checkpointed: int  # offset of the latest checkpoint written
 
 
 @dataclass
+class _Pending:
+    """One decided batch on its way to the sinks."""
+
+    result: BatchResult
+    rejected: list[Rejected]
+    next_offsets: dict[tuple[str, int], int]
+    msgs: Sequence[Any]  # kept for the alerts' source timestamps
+
+
+class _BatchFailed(Exception):
+    """The sinks gave up on a batch; its partitions restart from their checkpoints."""
+
+
+MAX_RECOVERIES = 10
+"""Consecutive sink failures (each followed by a restart from checkpoints) before giving up."""
+
+STAGES = ("consume", "decode", "features", "decide", "store", "kafka", "checkpoint")
+
+
+@dataclass
 class StreamStats:
-    """Counters of a streaming run (``txfast run --source kafka --json``)."""
+    """Counters of a streaming run (``txfast run --source kafka --json``).
+
+    ``stage_s`` holds the seconds spent per stage; ``store`` and ``kafka`` run on the sink
+    thread, overlapping the main thread's ``consume``/``decode``/``features``/``decide``.
+    """
 
     consumed: int = 0
     replayed: int = 0
@@ -120,26 +152,90 @@ class StreamStats:
     batches: int = 0
     transactions: int = 0
     aborted: int = 0
+    store_retries: int = 0
+    recoveries: int = 0
     checkpoints: int = 0
     restores: int = 0
     seconds: float = 0.0
+    first_message_s: float | None = None  # when the first message arrived, from the start
     model_version: str = ""
-    latencies_ms: list[float] = field(default_factory=list)
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        d = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+        d = dict(self.__dict__)
+        d["stage_s"] = {k: round(v, 3) for k, v in self.stage_s.items()}
         d["tx_per_s"] = round(self.consumed / self.seconds, 1) if self.seconds else 0.0
+        # The rate once messages flow (group join and idle time before them left out).
+        active = self.seconds - (self.first_message_s or 0.0)
+        d["active_tx_per_s"] = round(self.consumed / active, 1) if active > 0 else 0.0
         return d
+
+
+class _Watchdog:
+    """Runs calls on a daemon thread and abandons one that outlives its deadline.
+
+    librdkafka's ``send_offsets_to_transaction`` can block past its own timeout when the
+    group coordinator goes away (confluentinc/librdkafka#5456). The main thread must not
+    hang with it: a stuck call is left behind on its thread (with its producer, which is
+    never touched again) and the caller starts over with a new producer.
+    """
+
+    def __init__(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(
+            target=self._loop, args=(self._calls,), name="txfast-kafka-txn", daemon=True
+        ).start()
+
+    @staticmethod
+    def _loop(calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None]) -> None:
+        while (call := calls.get()) is not None:
+            fn, future = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # handed to the caller
+                    future.set_exception(e)
+
+    def call(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+        """``fn()``'s result; :class:`_Hung` when it takes longer than ``timeout_s``."""
+        future: Future[Any] = Future()
+        self._calls.put((fn, future))
+        try:
+            return future.result(timeout_s)
+        except FutureTimeout:
+            self._calls.put(None)  # the stuck thread ends if its call ever returns
+            self._start()
+            raise _Hung(f"a Kafka call did not return in {timeout_s:.0f} s") from None
+
+    def close(self) -> None:
+        """Let the thread end."""
+        self._calls.put(None)
+
+
+class _Hung(Exception):
+    """A Kafka client call blocked past its deadline; its producer is abandoned."""
 
 
 class KafkaScorer:
     """Consumes ``settings.kafka.topics`` and scores them with exactly-once alerts.
 
+    Two threads share the work: the main thread consumes, decodes, computes features and
+    decides batch *n + 1* while a sink thread makes batch *n* durable (store write, then one
+    Kafka transaction with the alerts, dead letters and consumed offsets). At most
+    ``settings.kafka.max_in_flight`` decided batches wait for the sinks, which bounds memory
+    and applies back-pressure when a sink is slow or down.
+
     Args:
         settings: Settings; ``settings.kafka`` names the cluster, group, topics and sinks.
         pipeline: Scorer, rules and store (one is built from ``settings`` when omitted).
-        on_batch: Called after each committed batch (tests and benchmarks use it).
+        on_batch: Called on the sink thread after each committed batch (tests and
+            benchmarks use it).
     """
 
     def __init__(
@@ -149,7 +245,7 @@ class KafkaScorer:
         pipeline: Pipeline | None = None,
         on_batch: Callable[[KafkaScorer], None] | None = None,
     ) -> None:
-        from confluent_kafka import Consumer, Producer
+        from confluent_kafka import Consumer
 
         self.settings = settings
         self.k: KafkaSettings = settings.kafka
@@ -160,6 +256,8 @@ class KafkaScorer:
         self.partitions: dict[tuple[str, int], _Partition] = {}
         self._stop = threading.Event()
         self._last_checkpoint = time.monotonic()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="txfast-store")
+        self._in_flight: collections.deque[tuple[Future[None], _Pending]] = collections.deque()
         consumer_conf = {
             "bootstrap.servers": self.k.bootstrap,
             "group.id": self.k.group,
@@ -174,17 +272,33 @@ class KafkaScorer:
             **self.k.consumer,
         }
         self.consumer = Consumer(consumer_conf, logger=log)
+        self._failures = 0  # failed batches since the last committed one
+        self._watchdog = _Watchdog()
+        # Producers whose call hung: kept referenced, never used or destroyed again.
+        self._abandoned: list[Any] = []
+        # Longest wait for one transactional call before the producer is replaced.
+        self._call_deadline_s = self.k.transaction_timeout_ms / 1000 + 30.0
+        self._new_producer()
+
+    def _new_producer(self, *, abandon: bool = False) -> None:
+        from confluent_kafka import Producer
+
+        old = getattr(self, "producer", None)
+        if old is not None and abandon:
+            self._abandoned.append(old)
+        elif old is not None:
+            old.purge()  # drop what a fenced producer still holds; its transaction is aborted
         producer_conf = {
             "bootstrap.servers": self.k.bootstrap,
             "transactional.id": f"txfast-{self.k.group}-{self.k.instance}",
             "transaction.timeout.ms": self.k.transaction_timeout_ms,
-            "linger.ms": 5,
+            "linger.ms": 1,
             "message.max.bytes": 16 << 20,
             "compression.type": "lz4",
             **self.k.producer,
         }
         self.producer = Producer(producer_conf, logger=log)
-        self.producer.init_transactions(60)
+        self.producer.init_transactions(120)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -208,12 +322,21 @@ class KafkaScorer:
         idle_since = time.monotonic()
         batch_size = self.settings.pipeline.batch_size
         linger = self.settings.pipeline.linger_ms / 1000
+        stage = self.stats.stage_s
         try:
             while not self._stop.is_set():
-                msgs = self.consumer.consume(batch_size, linger)
-                if msgs or not self.partitions:  # idle only counts once partitions are ours
+                self._complete(wait=False)
+                c0 = time.perf_counter()
+                # With batches in flight, come back soon to publish them once they are stored.
+                msgs = self.consumer.consume(
+                    batch_size, min(linger, 0.005) if self._in_flight else linger
+                )
+                stage["consume"] += time.perf_counter() - c0
+                if msgs or not self.partitions or self._in_flight:  # idle: nothing left to do
                     idle_since = time.monotonic()
                 if msgs:
+                    if self.stats.first_message_s is None:
+                        self.stats.first_message_s = c0 - t0
                     self._process(msgs)
                 elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
                     break
@@ -223,11 +346,132 @@ class KafkaScorer:
                     break
             self.checkpoint_all()
         finally:
+            try:
+                self._complete(wait=True)
+            finally:
+                self._writer.shutdown(wait=True)
+                self._watchdog.close()
             self.stats.seconds = time.perf_counter() - t0
             self.consumer.close()  # revokes: checkpoints what is still assigned
             self.producer.flush(30)
             self.pipeline.store.close()
         return self.stats
+
+    # -- the sinks ----------------------------------------------------------------------------
+    #
+    # Store writes run on a worker thread, overlapping the next batch's decode, features and
+    # scoring. Kafka transactions run on the main thread, in batch order, only between calls
+    # to consume() or inside the rebalance callbacks: a transaction never races a rebalance.
+
+    def _submit(self, item: _Pending) -> None:
+        """Start the store write of a decided batch; waits while ``max_in_flight`` are."""
+        while len(self._in_flight) >= max(1, self.k.max_in_flight):
+            self._complete(wait=True, limit=1)  # back-pressure: a slow or absent store
+        future = self._writer.submit(self._store, item)
+        self._in_flight.append((future, item))
+
+    def _store(self, item: _Pending) -> None:
+        """Worker thread: write one batch to the store, retrying while it is down."""
+        t0 = time.perf_counter()
+        retries = self.pipeline.summary.store_retries
+        try:
+            # Retries while the store is down (no offsets are committed meanwhile); only a
+            # stop request ends the wait, leaving the batch to be redone after the restart.
+            self.pipeline.write(item.result, give_up=lambda a: self._stop.is_set() and a >= 3)
+        except StoreError as e:
+            raise _BatchFailed(f"store unavailable while stopping: {e}") from e
+        finally:
+            self.stats.store_retries += self.pipeline.summary.store_retries - retries
+            self.stats.stage_s["store"] += time.perf_counter() - t0
+
+    def _complete(self, *, wait: bool, limit: int | None = None) -> None:
+        """Publish the stored batches in order: one Kafka transaction each.
+
+        Args:
+            wait: Wait for batches still being stored; else stop at the first of them.
+            limit: Publish at most this many batches.
+        """
+        from confluent_kafka import KafkaException
+
+        done = 0
+        while self._in_flight and (limit is None or done < limit):
+            future, item = self._in_flight[0]
+            if not wait and not future.done():
+                return
+            try:
+                future.result()
+                self._publish(item)
+            except (_BatchFailed, KafkaException) as e:
+                self._fail(e)
+                return
+            self._in_flight.popleft()
+            done += 1
+
+    def _fail(self, err: Exception) -> None:
+        """A batch could not be made durable: restart every partition from its checkpoint."""
+        from confluent_kafka import KafkaException
+
+        for future, _ in self._in_flight:  # later batches depend on the failed one's state
+            future.exception()  # wait: their (idempotent) store writes end before the restart
+        self._in_flight.clear()
+        self._failures += 1
+        if self._failures > MAX_RECOVERIES:
+            log.error("%d batches failed in a row; giving up", self._failures)
+            raise err
+        if isinstance(err, KafkaException) and err.args[0].fatal():
+            # E.g. the broker aborted a transaction that outlived transaction.timeout.ms while
+            # it was away, and fenced this producer: a new one with the same transactional id
+            # takes over (and fences any zombie of this instance).
+            log.error("fatal producer error (%s); starting a new transactional producer", err)
+            self._new_producer()
+        # Nothing after the last committed batch is durable: throw away the in-memory
+        # state of every partition and redo the work from the checkpoints.
+        log.error("a batch failed (%s); restoring every partition from its checkpoint", err)
+        self.stats.recoveries += 1
+        self._recover(list(self.partitions))
+
+    def _publish(self, item: _Pending) -> None:
+        """One Kafka transaction: alerts, dead letters, features and the consumed offsets."""
+        from confluent_kafka import KafkaException
+
+        t0 = time.perf_counter()
+        for attempt in range(1, 11):
+            try:
+                self._watchdog.call(lambda: self._transaction(item), self._call_deadline_s)
+                break
+            except _Hung as e:
+                log.error("%s; abandoning the producer for a new one", e)
+                self.stats.aborted += 1
+                self._new_producer(abandon=True)
+                continue
+            except KafkaException as e:
+                kerr = e.args[0]
+                if kerr.fatal():
+                    raise
+                self.stats.aborted += 1
+                log.warning(
+                    "transaction failed (%s), attempt %d; aborting it and retrying", kerr, attempt
+                )
+                self._abort()
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+        else:
+            # The group moved on (or the cluster is gone for long): nothing of this batch was
+            # committed; its partitions restart from their checkpoints and redo the work.
+            raise _BatchFailed("giving up on a batch after 10 transaction attempts")
+        self.stats.stage_s["kafka"] += time.perf_counter() - t0
+        for key, off in item.next_offsets.items():
+            part = self.partitions.get(key)
+            if part is not None:
+                part.committed = max(part.committed, off)
+        self._failures = 0
+        result = item.result
+        self.stats.batches += 1
+        self.stats.transactions += 1
+        self.stats.scored += len(result.decoded)
+        self.stats.rejected += len(item.rejected)
+        self.stats.alerts += result.stored.alerts.num_rows
+        if self.on_batch is not None:
+            self.on_batch(self)
 
     # -- rebalancing ------------------------------------------------------------------------
 
@@ -257,9 +501,9 @@ class KafkaScorer:
             c = committed.get(key, -1)
             c = c if c is not None and c >= 0 else 0
             held = self.partitions.get(key)
-            if reuse and held is not None and held.position == c:
+            if reuse and held is not None and held.position == c == held.committed:
                 start.append(TopicPartition(tp.topic, tp.partition, c))
-                held.committed = c
+                held.replay_until = c
                 continue
             ckpt = self.checkpoints.load(tp.topic, tp.partition)
             if ckpt is not None and ckpt[0] <= c:
@@ -270,32 +514,39 @@ class KafkaScorer:
             else:
                 offset, engine = 0, build_engine(self.settings)
                 log.info("no usable checkpoint for %s[%d]: replaying from the start", *key)
-            self.partitions[key] = _Partition(engine, c, offset, offset)
+            self.partitions[key] = _Partition(engine, c, offset, offset, offset)
             start.append(
                 TopicPartition(tp.topic, tp.partition, offset if offset > 0 else OFFSET_BEGINNING)
             )
         return start
 
     def _on_revoke(self, consumer: Any, revoked: list[Any]) -> None:
+        self._complete(wait=True)  # batches in flight commit before the new owner reads
         for tp in revoked:
             key = (tp.topic, tp.partition)
             part = self.partitions.pop(key, None)
-            if part is not None and part.position >= part.committed:
+            if part is not None:
                 self._checkpoint(key, part)
         consumer.unassign()
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def _checkpoint(self, key: tuple[str, int], part: _Partition) -> None:
-        # Only committed work may be checkpointed: position == committed after each batch.
+        # Only committed work may be checkpointed: the state must not run ahead of the offset.
         if part.position != part.committed or part.position == part.checkpointed:
             return
+        c0 = time.perf_counter()
         self.checkpoints.save(key[0], key[1], part.position, part.engine.snapshot())
+        self.stats.stage_s["checkpoint"] += time.perf_counter() - c0
         part.checkpointed = part.position
         self.stats.checkpoints += 1
 
     def checkpoint_all(self) -> None:
-        """Checkpoint every assigned partition whose state moved since its last checkpoint."""
+        """Checkpoint every assigned partition whose state moved since its last checkpoint.
+
+        Waits for the batches in flight to commit first, so each snapshot matches its offset.
+        """
+        self._complete(wait=True)
         for key, part in list(self.partitions.items()):
             self._checkpoint(key, part)
         self._last_checkpoint = time.monotonic()
@@ -316,31 +567,43 @@ class KafkaScorer:
                 log.warning("consumer error: %s", err)
         if not good:
             return
-        keys = [(m.topic(), m.partition()) for m in good]
+        stage = self.stats.stage_s
+        t0 = time.perf_counter()
+        index: dict[tuple[str, int], int] = {}
+        codes = np.fromiter(
+            (index.setdefault((m.topic(), m.partition()), len(index)) for m in good),
+            dtype=np.int64,
+            count=len(good),
+        )
         offsets = np.fromiter((m.offset() for m in good), dtype=np.int64, count=len(good))
         payloads = [m.value() for m in good]
         pipe = self.pipeline
         if pipe.scorer.reload_if_changed():
             self.stats.model_version = pipe.scorer.model_version
         decoded = pipe.decoder.decode(payloads)
+        t1 = time.perf_counter()
+        stage["decode"] += t1 - t0
         accepted_idx = decoded.columns["index"].astype(np.int64)
         features = np.empty((len(decoded), len(pipe.feature_names)), dtype=np.float32)
         live = np.zeros(len(good), dtype=bool)
         next_offsets: dict[tuple[str, int], int] = {}
-        key_codes = _codes(keys)
-        for code, key in enumerate(sorted(set(keys))):
+        accepted_code = codes[accepted_idx]
+        inputs = decoded.feature_inputs()
+        for key, code in index.items():
             part = self.partitions.get(key)
-            rows_all = np.flatnonzero(key_codes == code)
             if part is None:  # revoked while the batch was in flight: leave it to the owner
                 continue
+            rows_all = np.flatnonzero(codes == code)
             po = offsets[rows_all]
             fresh = po >= part.position  # never feed an offset twice
-            live[rows_all] = fresh & (po >= part.committed)
-            acc = np.flatnonzero(np.isin(accepted_idx, rows_all[fresh]))
+            live[rows_all] = fresh & (po >= part.replay_until)
+            acc = np.flatnonzero((accepted_code == code) & (offsets[accepted_idx] >= part.position))
             if len(acc):
-                sub = decoded.take(acc)
-                features[acc] = part.engine.process(**sub.feature_inputs())
-            next_offsets[key] = int(po.max()) + 1
+                features[acc] = part.engine.process(**{k: v[acc] for k, v in inputs.items()})
+            part.position = max(part.position, int(po.max()) + 1)
+            next_offsets[key] = part.position
+        t2 = time.perf_counter()
+        stage["features"] += t2 - t1
         live_acc = np.flatnonzero(live[accepted_idx])
         rejected = [
             Rejected(
@@ -348,7 +611,7 @@ class KafkaScorer:
                 r.reason,
                 r.message,
                 r.payload,
-                source=f"kafka:{keys[r.index][0]}/{keys[r.index][1]}",
+                source=f"kafka:{good[r.index].topic()}/{good[r.index].partition()}",
             )
             for r in decoded.rejected
             if live[r.index]
@@ -356,69 +619,58 @@ class KafkaScorer:
         self.stats.consumed += len(good)
         self.stats.replayed += int(len(good) - np.count_nonzero(live))
         if not live.any():
+            # Pure replay: nothing to write; the offsets were committed by an earlier owner.
             for key, off in next_offsets.items():
-                self.partitions[key].position = max(self.partitions[key].position, off)
+                part = self.partitions[key]
+                part.committed = max(part.committed, off)
             return
         live_decoded = decoded.take(live_acc)
-        result = pipe.finish(live_decoded, features[live_acc], rejected, "kafka")
-        for attempt in range(1, 11):
+        result = pipe.decide(live_decoded, features[live_acc], rejected, "kafka")
+        stage["decide"] += time.perf_counter() - t2
+        self._submit(_Pending(result, rejected, next_offsets, good))
+
+    def _abort(self) -> None:
+        """Abort the open transaction, if any, retrying while the cluster is unreachable."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        for attempt in range(1, 31):
             try:
-                self._transaction(result, live_decoded, rejected, next_offsets, good)
-                break
+                self._watchdog.call(
+                    lambda: self.producer.abort_transaction(30), self._call_deadline_s
+                )
+                return
+            except _Hung as e:
+                log.error("%s while aborting; abandoning the producer for a new one", e)
+                self._new_producer(abandon=True)  # fences the old one: its transaction ends
+                return
             except KafkaException as e:
                 kerr = e.args[0]
                 if kerr.fatal():
                     raise
-                self.stats.aborted += 1
-                log.warning(
-                    "transaction failed (%s), attempt %d; retrying the sinks", kerr, attempt
-                )
-                if kerr.txn_requires_abort():
-                    self.producer.abort_transaction(60)
+                if kerr.code() == KafkaError._STATE:  # no transaction open: nothing to abort
+                    return
+                log.warning("aborting the transaction failed (%s), attempt %d", kerr, attempt)
                 time.sleep(min(5.0, 0.2 * 2**attempt))
-        else:
-            # The group moved on (or the cluster is gone for long): nothing of this batch was
-            # committed; restart its partitions from their checkpoints and redo the work.
-            log.error("giving up on a batch after 10 attempts; restoring its partitions")
-            self._recover(list(next_offsets))
-            return
-        for key, off in next_offsets.items():
-            part = self.partitions.get(key)
-            if part is not None:
-                part.position = max(part.position, off)
-                part.committed = max(part.committed, off)
-        self.stats.batches += 1
-        self.stats.transactions += 1
-        self.stats.scored += len(live_decoded)
-        self.stats.rejected += len(rejected)
-        self.stats.alerts += result.stored.alerts.num_rows
-        if self.on_batch is not None:
-            self.on_batch(self)
+        raise _BatchFailed("the open transaction could not be aborted")
 
-    def _transaction(
-        self,
-        result: Any,
-        decoded: DecodedBatch,
-        rejected: list[Rejected],
-        next_offsets: dict[tuple[str, int], int],
-        msgs: Sequence[Any],
-    ) -> None:
+    def _transaction(self, item: _Pending) -> None:
         from confluent_kafka import TopicPartition
 
         p = self.producer
+        result, msgs = item.result, item.msgs
         p.begin_transaction()
         alerts = result.stored.alerts
         if alerts.num_rows:
             cards = alerts["card_id"].to_pylist()
             # Each alert carries its source message's Kafka timestamp, for end-to-end latency.
             rows = np.flatnonzero(result.decisions.is_alert)
-            sources = decoded.columns["index"][rows].tolist()
+            sources = result.decoded.columns["index"][rows].tolist()
             for card, value, i in zip(cards, _alert_json(alerts), sources, strict=True):
                 stamp = str(msgs[i].timestamp()[1]).encode()
                 _produce(
                     p, self.k.alerts_topic, value, card.encode(), [("source_timestamp", stamp)]
                 )
-        for r in rejected:
+        for r in item.rejected:
             topic, _, partition = r.source[len("kafka:") :].rpartition("/")
             _produce(
                 p,
@@ -433,18 +685,13 @@ class KafkaScorer:
                     ("source_offset", str(r.index).encode()),
                 ],
             )
-        if self.k.features_topic and len(decoded):
-            ids = decoded.columns["transaction_id"].to_pylist()
+        if self.k.features_topic and len(result.decoded):
+            ids = result.decoded.columns["transaction_id"].to_pylist()
             for tid, row in zip(ids, result.features, strict=True):
                 _produce(p, self.k.features_topic, row.tobytes(), tid.encode())
-        offsets = [TopicPartition(t, part, off) for (t, part), off in next_offsets.items()]
+        offsets = [TopicPartition(t, part, off) for (t, part), off in item.next_offsets.items()]
         p.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
         p.commit_transaction(60)
-
-
-def _codes(keys: list[tuple[str, int]]) -> np.ndarray:
-    order = {k: i for i, k in enumerate(sorted(set(keys)))}
-    return np.fromiter((order[k] for k in keys), dtype=np.int64, count=len(keys))
 
 
 def _produce(p: Any, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> None:
