@@ -281,7 +281,7 @@ class KafkaScorer:
         self._new_producer()
 
     def _new_producer(self, *, abandon: bool = False) -> None:
-        from confluent_kafka import Producer
+        from confluent_kafka import KafkaException, Producer
 
         old = getattr(self, "producer", None)
         if old is not None and abandon:
@@ -298,7 +298,14 @@ class KafkaScorer:
             **self.k.producer,
         }
         self.producer = Producer(producer_conf, logger=log)
-        self.producer.init_transactions(120)
+        for attempt in range(1, 11):  # the cluster may be restarting
+            try:
+                self.producer.init_transactions(60)
+                return
+            except KafkaException as e:
+                if not e.args[0].retriable() or attempt == 10:
+                    raise
+                log.warning("init_transactions failed (%s), attempt %d", e.args[0], attempt)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -319,7 +326,7 @@ class KafkaScorer:
             list(self.k.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         t0 = time.perf_counter()
-        idle_since = time.monotonic()
+        idle_since: float | None = None
         batch_size = self.settings.pipeline.batch_size
         linger = self.settings.pipeline.linger_ms / 1000
         stage = self.stats.stage_s
@@ -332,14 +339,18 @@ class KafkaScorer:
                     batch_size, min(linger, 0.005) if self._in_flight else linger
                 )
                 stage["consume"] += time.perf_counter() - c0
-                if msgs or not self.partitions or self._in_flight:  # idle: nothing left to do
+                # Idle: consecutive empty polls with nothing in flight (time spent waiting
+                # on a sink, e.g. through an outage, is not idle).
+                if msgs or not self.partitions or self._in_flight:
+                    idle_since = None
+                elif idle_since is None:
                     idle_since = time.monotonic()
+                elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                    break
                 if msgs:
                     if self.stats.first_message_s is None:
                         self.stats.first_message_s = c0 - t0
                     self._process(msgs)
-                elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
-                    break
                 if time.monotonic() - self._last_checkpoint > self.k.checkpoint_interval_s:
                     self.checkpoint_all()
                 if max_messages is not None and self.stats.consumed >= max_messages:
@@ -401,7 +412,7 @@ class KafkaScorer:
             try:
                 future.result()
                 self._publish(item)
-            except (_BatchFailed, KafkaException) as e:
+            except (_BatchFailed, _Hung, KafkaException) as e:
                 self._fail(e)
                 return
             self._in_flight.popleft()
@@ -409,8 +420,6 @@ class KafkaScorer:
 
     def _fail(self, err: Exception) -> None:
         """A batch could not be made durable: restart every partition from its checkpoint."""
-        from confluent_kafka import KafkaException
-
         for future, _ in self._in_flight:  # later batches depend on the failed one's state
             future.exception()  # wait: their (idempotent) store writes end before the restart
         self._in_flight.clear()
@@ -418,15 +427,16 @@ class KafkaScorer:
         if self._failures > MAX_RECOVERIES:
             log.error("%d batches failed in a row; giving up", self._failures)
             raise err
-        if isinstance(err, KafkaException) and err.args[0].fatal():
-            # E.g. the broker aborted a transaction that outlived transaction.timeout.ms while
-            # it was away, and fenced this producer: a new one with the same transactional id
-            # takes over (and fences any zombie of this instance).
-            log.error("fatal producer error (%s); starting a new transactional producer", err)
-            self._new_producer()
-        # Nothing after the last committed batch is durable: throw away the in-memory
-        # state of every partition and redo the work from the checkpoints.
-        log.error("a batch failed (%s); restoring every partition from its checkpoint", err)
+        # A new producer with the same transactional id fences this one: its open
+        # transaction, if any, is resolved (committed if its commit had begun, else aborted)
+        # before init_transactions returns, so the committed offsets read below are final.
+        # That also covers a producer fenced by the broker (a transaction that outlived
+        # transaction.timeout.ms while the broker was away) and one stuck in a call.
+        log.error("a batch failed (%s); new producer, every partition from its checkpoint", err)
+        self._new_producer(abandon=isinstance(err, _Hung))
+        # Nothing after the last committed batch is known durable: throw away the in-memory
+        # state of every partition and redo the work from the checkpoints and committed
+        # offsets (what did commit is replayed into state only).
         self.stats.recoveries += 1
         self._recover(list(self.partitions))
 
@@ -437,16 +447,13 @@ class KafkaScorer:
         t0 = time.perf_counter()
         for attempt in range(1, 11):
             try:
-                self._watchdog.call(lambda: self._transaction(item), self._call_deadline_s)
+                self._transaction(item)
                 break
-            except _Hung as e:
-                log.error("%s; abandoning the producer for a new one", e)
-                self.stats.aborted += 1
-                self._new_producer(abandon=True)
-                continue
             except KafkaException as e:
                 kerr = e.args[0]
-                if kerr.fatal():
+                if kerr.fatal() or not kerr.txn_requires_abort():
+                    # Fatal, or an outcome we cannot know (the commit may have happened):
+                    # never redo it in place; restart from the committed offsets instead.
                     raise
                 self.stats.aborted += 1
                 log.warning(
@@ -455,9 +462,7 @@ class KafkaScorer:
                 self._abort()
                 time.sleep(min(5.0, 0.2 * 2**attempt))
         else:
-            # The group moved on (or the cluster is gone for long): nothing of this batch was
-            # committed; its partitions restart from their checkpoints and redo the work.
-            raise _BatchFailed("giving up on a batch after 10 transaction attempts")
+            raise _BatchFailed("giving up on a batch after 10 aborted transactions")
         self.stats.stage_s["kafka"] += time.perf_counter() - t0
         for key, off in item.next_offsets.items():
             part = self.partitions.get(key)
@@ -487,25 +492,56 @@ class KafkaScorer:
         for tp in self._restore([TopicPartition(t, p) for t, p in keys], reuse=False):
             self.consumer.seek(tp)
 
+    def _committed(self, partitions: list[Any]) -> dict[tuple[str, int], int]:
+        """The group's committed offsets (0 where none), stable: pending transactions wait."""
+        out = {}
+        for tp in self.consumer.committed(partitions, timeout=30):
+            off = tp.offset
+            out[(tp.topic, tp.partition)] = off if off is not None and off >= 0 else 0
+        return out
+
     def _restore(self, assigned: list[Any], *, reuse: bool) -> list[Any]:
         """Bring each partition's state to a checkpoint; return where to consume from."""
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in self.consumer.committed(assigned, timeout=30)
+        committed = self._committed(assigned)
+        ckpts = {
+            (tp.topic, tp.partition): self.checkpoints.load(tp.topic, tp.partition)
+            for tp in assigned
         }
+        # A checkpoint is written only once its offset was committed: a group offset behind it
+        # is our own commit not visible yet (a broker restarting and still completing it).
+        deadline = time.monotonic() + 30.0
+        while ahead := [
+            tp
+            for tp in assigned
+            if (ck := ckpts[(tp.topic, tp.partition)]) is not None
+            and ck[0] > committed[(tp.topic, tp.partition)]
+        ]:
+            if time.monotonic() > deadline:
+                for tp in ahead:
+                    key = (tp.topic, tp.partition)
+                    log.warning(
+                        "%s[%d]: the group's offset %d is still behind the checkpoint's %d; "
+                        "trusting the checkpoint (reset offsets? delete the checkpoints too)",
+                        *key,
+                        committed[key],
+                        ckpts[key][0],  # type: ignore[index]
+                    )
+                    committed[key] = ckpts[key][0]  # type: ignore[index]
+                break
+            time.sleep(0.5)
+            committed.update(self._committed(ahead))
         start = []
         for tp in assigned:
             key = (tp.topic, tp.partition)
-            c = committed.get(key, -1)
-            c = c if c is not None and c >= 0 else 0
+            c = committed[key]
             held = self.partitions.get(key)
             if reuse and held is not None and held.position == c == held.committed:
                 start.append(TopicPartition(tp.topic, tp.partition, c))
                 held.replay_until = c
                 continue
-            ckpt = self.checkpoints.load(tp.topic, tp.partition)
+            ckpt = ckpts[key]
             if ckpt is not None and ckpt[0] <= c:
                 offset, snap = ckpt
                 engine = FeatureEngine.from_snapshot(snap)
@@ -513,7 +549,13 @@ class KafkaScorer:
                 log.info("restored %s[%d] at offset %d (committed %d)", *key, offset, c)
             else:
                 offset, engine = 0, build_engine(self.settings)
-                log.info("no usable checkpoint for %s[%d]: replaying from the start", *key)
+                log.info(
+                    "no usable checkpoint for %s[%d] (checkpoint %s, committed %d): replaying"
+                    " from the start",
+                    *key,
+                    None if ckpt is None else ckpt[0],
+                    c,
+                )
             self.partitions[key] = _Partition(engine, c, offset, offset, offset)
             start.append(
                 TopicPartition(tp.topic, tp.partition, offset if offset > 0 else OFFSET_BEGINNING)
@@ -639,10 +681,6 @@ class KafkaScorer:
                     lambda: self.producer.abort_transaction(30), self._call_deadline_s
                 )
                 return
-            except _Hung as e:
-                log.error("%s while aborting; abandoning the producer for a new one", e)
-                self._new_producer(abandon=True)  # fences the old one: its transaction ends
-                return
             except KafkaException as e:
                 kerr = e.args[0]
                 if kerr.fatal():
@@ -690,8 +728,25 @@ class KafkaScorer:
             for tid, row in zip(ids, result.features, strict=True):
                 _produce(p, self.k.features_topic, row.tobytes(), tid.encode())
         offsets = [TopicPartition(t, part, off) for (t, part), off in item.next_offsets.items()]
-        p.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-        p.commit_transaction(60)
+        group = self.consumer.consumer_group_metadata()
+        self._call(lambda: p.send_offsets_to_transaction(offsets, group, 30))
+        # A commit that timed out may have happened: it is retried, never aborted and redone.
+        self._call(lambda: p.commit_transaction(60))
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """One transactional call, retried while its error is retriable, under the watchdog."""
+        from confluent_kafka import KafkaException
+
+        for attempt in range(1, 11):
+            try:
+                return self._watchdog.call(fn, self._call_deadline_s)
+            except KafkaException as e:
+                kerr = e.args[0]
+                if not kerr.retriable() or kerr.txn_requires_abort() or attempt == 10:
+                    raise
+                log.warning("%s (attempt %d); retrying the call", kerr, attempt)
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+        raise AssertionError("unreachable")
 
 
 def _produce(p: Any, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> None:
