@@ -273,6 +273,9 @@ class KafkaScorer:
         }
         self.consumer = Consumer(consumer_conf, logger=log)
         self._failures = 0  # failed batches since the last committed one
+        # Per partition, the end of our latest commit the cluster acknowledged: a floor for
+        # the group's committed offset, which can read stale right after a broker restart.
+        self._acked: dict[tuple[str, int], int] = {}
         self._watchdog = _Watchdog()
         # Producers whose call hung: kept referenced, never used or destroyed again.
         self._abandoned: list[Any] = []
@@ -465,6 +468,7 @@ class KafkaScorer:
             raise _BatchFailed("giving up on a batch after 10 aborted transactions")
         self.stats.stage_s["kafka"] += time.perf_counter() - t0
         for key, off in item.next_offsets.items():
+            self._acked[key] = max(self._acked.get(key, 0), off)
             part = self.partitions.get(key)
             if part is not None:
                 part.committed = max(part.committed, off)
@@ -493,11 +497,11 @@ class KafkaScorer:
             self.consumer.seek(tp)
 
     def _committed(self, partitions: list[Any]) -> dict[tuple[str, int], int]:
-        """The group's committed offsets (0 where none), stable: pending transactions wait."""
+        """The group's committed offsets (0 where none), never below our acknowledged commits."""
         out = {}
         for tp in self.consumer.committed(partitions, timeout=30):
-            off = tp.offset
-            out[(tp.topic, tp.partition)] = off if off is not None and off >= 0 else 0
+            key, off = (tp.topic, tp.partition), tp.offset
+            out[key] = max(off if off is not None and off >= 0 else 0, self._acked.get(key, 0))
         return out
 
     def _restore(self, assigned: list[Any], *, reuse: bool) -> list[Any]:
