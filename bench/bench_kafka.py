@@ -88,6 +88,7 @@ def producer(bootstrap: str, linger_ms: int = 5):
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": linger_ms,
+            "socket.nagle.disable": True,
             "enable.idempotence": True,
             "partitioner": "murmur2_random",
             "compression.type": "lz4",
@@ -210,6 +211,7 @@ def latency(
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 1,
+            "socket.nagle.disable": True,
             "enable.auto.commit": False,
         }
     )

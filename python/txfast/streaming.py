@@ -269,6 +269,7 @@ class KafkaScorer:
             "isolation.level": "read_committed",
             "fetch.message.max.bytes": 16 << 20,
             "max.partition.fetch.bytes": 16 << 20,
+            "socket.nagle.disable": True,  # small requests go out at once (latency)
             **self.k.consumer,
         }
         self.consumer = Consumer(consumer_conf, logger=log)
@@ -296,6 +297,11 @@ class KafkaScorer:
             "transactional.id": f"txfast-{self.k.group}-{self.k.instance}",
             "transaction.timeout.ms": self.k.transaction_timeout_ms,
             "linger.ms": 1,
+            # A transaction's first requests often meet the previous one's markers still
+            # being written (CONCURRENT_TRANSACTIONS) and are retried: after 100 ms by
+            # default, which would be most of each batch's latency.
+            "retry.backoff.ms": 2,
+            "socket.nagle.disable": True,
             "message.max.bytes": 16 << 20,
             "compression.type": "lz4",
             **self.k.producer,
