@@ -10,6 +10,12 @@ Figures (medians of ``--repeat`` runs, fresh state each run):
 - ``decode_tx_per_s``, ``score_rows_per_s``, ``rules_rows_per_s``: the other stages alone.
 - ``bytes_per_card``: feature-state bytes per card after ``--state-days`` (30) of
   ``--state-rate`` (3) transactions per card per day for ``--state-cards`` (1,000,000) cards.
+- ``explain``: the cost of explanations, per model kind (the default Isolation Forest with
+  path attribution, and gradient-boosted trees with TreeSHAP trained on the simulator's
+  labels): ``tx_per_s_off`` / ``tx_per_s_on`` is the whole path above without / with the
+  alerts' explanations (JSON with the top 5 contributions), measured alternately;
+  ``ratio`` = on / off (target ≥ 0.9); ``score_stage_ratio`` the same for score + rules
+  alone; ``alert_share`` the explained rows.
 - ``baseline``: the same path written the usual way in pure Python, one event at a time
   (``bench/baseline.py``: ``json.loads``, ``if`` checks, ``dict``/``deque`` window state, the
   same forest walked in Python, ``bisect`` calibration), on the first ``--baseline-events``
@@ -35,7 +41,6 @@ import numpy as np
 
 from txfast.config import load_settings
 from txfast.pipeline import build_decoder, build_engine
-from txfast.registry import Registry
 from txfast.rules import RuleEngine
 from txfast.scoring import Scorer
 from txfast.simulate import iter_json_batches, simulate
@@ -73,7 +78,7 @@ def train_model(settings, decoded, registry: Path) -> tuple[Scorer, object]:
     trained = train_isolation_forest(
         sample, list(engine.feature_names), engine.feature_version, n_estimators=100, seed=0
     )
-    Registry(registry).register("default", trained.onnx_bytes, trained.metadata, promote=True)
+    trained.register(registry, promote=True)
     scorer = Scorer.from_registry(
         registry,
         "default",
@@ -81,6 +86,91 @@ def train_model(settings, decoded, registry: Path) -> tuple[Scorer, object]:
         feature_version=engine.feature_version,
     )
     return scorer, trained.model
+
+
+def explain_figures(settings, batches, decoded, scorer: Scorer, rules, repeat: int) -> dict:
+    """Whole path and score stage with and without the alerts' explanations."""
+    engine = build_engine(settings)
+    matrices = [engine.process(**d.feature_inputs()) for d in decoded]
+    n = sum(len(m) for m in matrices)
+    decoder = build_decoder(settings)
+    explainer = scorer.score_batch(matrices[0][:1]).explainer
+    assert explainer is not None, "the model has an explainer"
+    explained = 0
+
+    def decide(d, X, explain: bool) -> None:
+        nonlocal explained
+        scored = scorer.score_batch(X)
+        c = d.columns
+        out = rules.apply(
+            scored.score,
+            scored.threshold,
+            c["amount_base"],
+            X,
+            channel=c["channel"],
+            category=c["merchant_category"],
+            country=c["country_code"],
+            bands=scored.bands,
+        )
+        if explain:
+            rows = np.flatnonzero(out.is_alert)
+            if len(rows):
+                explainer.explain(X[rows])
+                explained += len(rows)
+
+    def path(explain: bool):
+        def run() -> None:
+            eng = build_engine(settings)
+            for b in batches:
+                d = decoder.decode(b)
+                decide(d, eng.process(**d.feature_inputs()), explain)
+
+        return run
+
+    def stage(explain: bool):
+        def run() -> None:
+            for d, X in zip(decoded, matrices, strict=True):
+                decide(d, X, explain)
+
+        return run
+
+    off, on, s_off, s_on = [], [], [], []
+    for _ in range(repeat):  # alternate, so that machine noise hits both sides alike
+        off.append(median_rate(n, path(False), 1))
+        explained = 0
+        on.append(median_rate(n, path(True), 1))
+        s_off.append(median_rate(n, stage(False), 1))
+        s_on.append(median_rate(n, stage(True), 1))
+    tx_off, tx_on = statistics.median(off), statistics.median(on)
+    return {
+        "method": explainer.method,
+        "alert_share": explained / n,
+        "tx_per_s_off": tx_off,
+        "tx_per_s_on": tx_on,
+        "ratio": tx_on / tx_off,
+        "score_stage_rows_per_s_off": statistics.median(s_off),
+        "score_stage_rows_per_s_on": statistics.median(s_on),
+        "score_stage_ratio": statistics.median(s_on) / statistics.median(s_off),
+    }
+
+
+def train_gbt_scorer(settings, decoded, registry: Path) -> Scorer:
+    from txfast.training.gbt import train_gbt
+
+    engine = build_engine(settings)
+    X = np.concatenate([engine.process(**d.feature_inputs()) for d in decoded])
+    y = np.concatenate([d.columns["label"] for d in decoded])
+    known = y >= 0
+    trained = train_gbt(
+        X[known], y[known], list(engine.feature_names), engine.feature_version, seed=0
+    )
+    trained.register(registry, "gbt", promote=True)
+    return Scorer.from_registry(
+        registry,
+        "gbt",
+        feature_names=list(engine.feature_names),
+        feature_version=engine.feature_version,
+    )
 
 
 def state_bytes_per_card(settings, cards: int, days: int, rate: float, seed: int) -> dict:
@@ -249,6 +339,7 @@ def main() -> None:
     ap.add_argument("--state-rate", type=float, default=3.0)
     ap.add_argument("--baseline-events", type=int, default=20_000)
     ap.add_argument("--skip-state", action="store_true", help="Skip the bytes_per_card run.")
+    ap.add_argument("--skip-explain", action="store_true", help="Skip the explanation runs.")
     ap.add_argument("--json", action="store_true", help="Print the figures as JSON.")
     args = ap.parse_args()
 
@@ -320,6 +411,18 @@ def main() -> None:
         result["features_tx_per_s"] = median_rate(n, features_only, args.repeat)
         result["score_rows_per_s"] = median_rate(n, score_only, args.repeat)
         result["rules_rows_per_s"] = median_rate(n, rules_only, args.repeat)
+        if not args.skip_explain:
+            log("explanations: Isolation Forest (path attribution)")
+            result["explain"] = {
+                "isolation_forest": explain_figures(
+                    settings, batches, decoded, scorer, rules, args.repeat
+                )
+            }
+            log("explanations: gradient-boosted trees (TreeSHAP), trained on the labels")
+            gbt = train_gbt_scorer(settings, decoded, Path(tmp) / "registry")
+            result["explain"]["gbt"] = explain_figures(
+                settings, batches, decoded, gbt, rules, args.repeat
+            )
         log(f"baseline: pure Python per event on {args.baseline_events:,} events")
         flat = [p for b in batches for p in b][: args.baseline_events]
         base = baseline(flat, settings, scorer, model)

@@ -41,5 +41,5 @@ def registry(history: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     trained = train_isolation_forest(
         fs.X, fs.feature_names, fs.feature_version, n_estimators=50, seed=1
     )
-    Registry(root).register("default", trained.onnx_bytes, trained.metadata, promote=True)
+    trained.register(Registry(root), promote=True)  # with its explainer
     return root

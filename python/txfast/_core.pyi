@@ -18,6 +18,7 @@ __all__ = [
     "hash_ids",
     "Decoder",
     "line_spans",
+    "TreeExplainer",
     "CHANNELS",
     "REJECT_REASONS",
 ]
@@ -192,3 +193,45 @@ class Decoder:
 
 def line_spans(buffer: bytes) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Byte ``(starts, ends)`` of the lines of a JSON-lines buffer."""
+
+@final
+class TreeExplainer:
+    """Feature attributions of a tree ensemble (TreeSHAP or path attribution)."""
+
+    def __new__(
+        cls,
+        tree_offsets: NDArray[np.int64],
+        feature: NDArray[np.int32],
+        threshold: NDArray[np.float64],
+        left: NDArray[np.int32],
+        right: NDArray[np.int32],
+        default_left: NDArray[np.bool_],
+        value: NDArray[np.float64],
+        cover: NDArray[np.float64],
+        *,
+        n_features: int,
+        strict_less: bool,
+        base: float = 0.0,
+        scale: float = 1.0,
+    ) -> TreeExplainer: ...
+    @property
+    def n_features(self) -> int:
+        """Number of input features."""
+    @property
+    def n_trees(self) -> int:
+        """Number of trees."""
+    @property
+    def expected_value(self) -> float:
+        """Expected model output (the bias of every explanation)."""
+    def contributions(self, x: NDArray[np.float32], method: str) -> NDArray[np.float64]:
+        """Contributions, float64 ``(n, n_features + 1)`` (last column: the bias)."""
+    def explain_json(
+        self,
+        x: NDArray[np.float32],
+        method: str,
+        feature_names: list[str],
+        *,
+        units: str,
+        top_k: int = 5,
+    ) -> list[str]:
+        """One JSON explanation per row with the ``top_k`` largest contributions."""

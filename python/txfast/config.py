@@ -26,6 +26,7 @@ __all__ = [
     "KafkaSettings",
     "PipelineSettings",
     "RetentionSettings",
+    "RetrainSettings",
     "RiskSettings",
     "Rule",
     "Settings",
@@ -109,6 +110,14 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     store_retry_max_s: float = 5.0  # longest pause between store retries during an outage
 
 
+class ExplainSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[explain]``: feature contributions stored with every alert (``txfast.explain``)."""
+
+    enabled: bool = True
+    top_k: int = 5  # contributions kept per alert, largest by absolute value first
+    method: str | None = None  # treeshap | path; None: the model's default
+
+
 class RetentionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Retention of the store, applied by ``txfast db prune``.
 
@@ -119,6 +128,20 @@ class RetentionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
     days: int | None = None
     archive_dir: str | None = None
+
+
+class RetrainSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Feedback retraining and its promotion gate (``txfast retrain``).
+
+    The latest ``test_days`` days of the history are the test period, the ``delay_days``
+    before them are skipped (their labels are not known yet), the candidate trains on the
+    rest. It is promoted only if its average precision on the test period is at least the
+    champion's plus ``min_gain`` (negative: tolerate that much loss).
+    """
+
+    test_days: int = 7
+    delay_days: int = 7
+    min_gain: float = 0.0
 
 
 class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -249,6 +272,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    explain: ExplainSettings = msgspec.field(default_factory=ExplainSettings)
+    retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
     rules: list[Rule] = msgspec.field(default_factory=_default_rules)
 
     def replace(self, **changes: Any) -> Settings:
@@ -327,6 +352,10 @@ def _check(s: Settings) -> None:
         raise ConfigError("pipeline.history must be one of all, alerts, none")
     if s.pipeline.store_features not in ("alerts", "none"):
         raise ConfigError("pipeline.store_features must be alerts or none")
+    if s.explain.top_k < 1:
+        raise ConfigError("explain.top_k must be at least 1")
+    if s.explain.method not in (None, "treeshap", "path"):
+        raise ConfigError("explain.method must be treeshap or path (or unset: the model's)")
     medium, high, critical = s.risk.bands()
     if not 0.0 <= medium <= high <= critical <= 1.0:
         raise ConfigError("risk bands must satisfy 0 <= medium <= high <= critical <= 1")
@@ -339,3 +368,9 @@ def _check(s: Settings) -> None:
         raise ConfigError("features.label_delay must be positive (a label is known after its t)")
     if s.retention.days is not None and s.retention.days <= 0:
         raise ConfigError("retention.days must be positive")
+    if s.retrain.test_days < 1:
+        raise ConfigError("retrain.test_days must be at least 1")
+    if s.retrain.delay_days < 0:
+        raise ConfigError("retrain.delay_days must not be negative")
+    if not -1.0 <= s.retrain.min_gain <= 1.0:
+        raise ConfigError("retrain.min_gain must be between -1 and 1 (a difference of AP)")

@@ -132,6 +132,9 @@ class Pipeline:
             settings.model_name,
             feature_names=list(engine.feature_names),
             feature_version=engine.feature_version,
+            explain=settings.explain.enabled,
+            explain_top_k=settings.explain.top_k,
+            explain_method=settings.explain.method,
         )
         store = open_store(settings.store, migrate=settings.store_migrate)
         return cls(settings, store=store, scorer=scorer, engine=engine)
@@ -199,8 +202,21 @@ class Pipeline:
             country=c["country_code"],
             bands=scored.bands,
         )
+        alert_rows = np.flatnonzero(decisions.is_alert)
+        explanations = None
+        if scored.explainer is not None and len(alert_rows):
+            # Alerts only: a few rows per batch, explained in Rust with the GIL released.
+            explanations = pa.array(scored.explainer.explain(features[alert_rows]), pa.string())
         stored = self._tables(
-            decoded, features, scores, decisions, rejected, source, scored.model_version
+            decoded,
+            features,
+            scores,
+            decisions,
+            rejected,
+            source,
+            scored.model_version,
+            alert_rows,
+            explanations,
         )
         return BatchResult(decoded, features, scores, decisions, stored)
 
@@ -249,6 +265,8 @@ class Pipeline:
         rejected: list,
         source: str,
         model_version: str,
+        rows: np.ndarray,
+        explanations: pa.Array | None,
     ) -> ScoredBatch:
         c = decoded.columns
         n = len(decoded)
@@ -281,7 +299,6 @@ class Pipeline:
                 ),
             }
         )
-        rows = np.flatnonzero(d.is_alert)
         alerts = pa.table({k: v.take(pa.array(rows)) for k, v in common.items()})
         k = len(rows)
         if self.settings.pipeline.store_features == "alerts":
@@ -296,6 +313,10 @@ class Pipeline:
             alerts.append_column("rules", d.rules_lists(rows))
             .append_column("feature_version", pa.repeat(pa.scalar(self.engine.feature_version), k))
             .append_column("features", feats)
+            .append_column(
+                "explanation",
+                pa.nulls(k, pa.string()) if explanations is None else explanations,
+            )
             .append_column(
                 "created_at",
                 pa.array(np.full(k, now.value, dtype=np.int64)).cast(pa.timestamp("ms")),

@@ -4,6 +4,7 @@ Layout::
 
     <root>/<name>/v1/model.onnx
     <root>/<name>/v1/metadata.json     # ModelMetadata, JSON
+    <root>/<name>/v1/explainer.npz     # optional artifacts (checksums in the metadata)
     <root>/<name>/v2/...
     <root>/<name>/CHAMPION             # "v2\\n": the version the scorer serves
     <root>/<name>/HISTORY.json         # every promote / rollback, oldest first
@@ -171,6 +172,8 @@ class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
         schema_version: Version of this metadata layout.
         risk_bands: Risk-level bands chosen with the threshold, if calibrated.
         threshold_calibration: How the threshold was chosen, if calibrated.
+        artifacts: Extra files stored beside the model (e.g. ``explainer.npz``), by file
+            name, with their SHA-256 (set by the registry, checked on load).
     """
 
     kind: str
@@ -190,6 +193,7 @@ class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
     schema_version: int = 1
     risk_bands: RiskBands | None = None
     threshold_calibration: ThresholdCalibration | None = None
+    artifacts: dict[str, str] = {}
 
 
 class ChampionEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -255,6 +259,24 @@ class LoadedModel:
     def metadata(self) -> ModelMetadata:
         """Shortcut for ``info.metadata``."""
         return self.info.metadata
+
+    def artifact(self, file_name: str) -> bytes | None:
+        """An artifact's bytes, checksum verified; ``None`` if the version has none.
+
+        Raises:
+            RegistryError: If the file is missing or fails its checksum.
+        """
+        expected = self.metadata.artifacts.get(file_name)
+        if expected is None:
+            return None
+        path = self.info.path / file_name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise RegistryError(f"missing {path}") from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise RegistryError(f"checksum mismatch for {path}: file is corrupted")
+        return data
 
 
 def _version_number(version: str) -> int:
@@ -562,17 +584,20 @@ class Registry:
         metadata: ModelMetadata | Mapping[str, Any],
         *,
         promote: bool = False,
+        artifacts: Mapping[str, bytes] | None = None,
     ) -> ModelVersion:
         """Store a new model version.
 
-        The registry assigns ``name``, ``version``, ``model_sha256`` and (when empty)
-        ``created_at``; whatever the given metadata holds for them is replaced.
+        The registry assigns ``name``, ``version``, ``model_sha256``, ``artifacts`` and
+        (when empty) ``created_at``; whatever the given metadata holds for them is replaced.
 
         Args:
             name: Model name (letters, digits, ``.``, ``_``, ``-``).
             onnx_bytes: Serialized ONNX model.
             metadata: A ``ModelMetadata`` or a mapping with its fields.
             promote: Also make the new version the champion.
+            artifacts: Extra files to store beside the model, by file name (for example
+                ``explainer.npz``); their checksums go into the metadata.
 
         Returns:
             The new version.
@@ -598,6 +623,14 @@ class Registry:
             raise RegistryError(f"invalid metadata: {exc}") from exc
         _check_metadata(metadata)
         _check_onnx(onnx_bytes, metadata)
+        extra = {k: bytes(v) for k, v in (artifacts or {}).items()}
+        for file_name in extra:
+            if (
+                file_name in (MODEL_FILE, METADATA_FILE)
+                or not _NAME_RE.match(file_name)
+                or file_name != Path(file_name).name
+            ):
+                raise RegistryError(f"invalid artifact name {file_name!r}")
 
         name_dir.mkdir(parents=True, exist_ok=True)
         with self._lock(name_dir):
@@ -611,12 +644,15 @@ class Registry:
                     version=version,
                     created_at=metadata.created_at or _now_iso(),
                     model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+                    artifacts={k: hashlib.sha256(v).hexdigest() for k, v in extra.items()},
                 )
                 tmp = name_dir / f".tmp-{uuid.uuid4().hex}"
                 tmp.mkdir()
                 try:
                     _write_file(tmp / MODEL_FILE, onnx_bytes)
                     _write_file(tmp / METADATA_FILE, _encode_metadata(final))
+                    for file_name, data in extra.items():
+                        _write_file(tmp / file_name, data)
                     _fsync_dir(tmp)
                     os.rename(tmp, name_dir / version)
                 except OSError:

@@ -24,6 +24,7 @@ Only numpy, msgspec and onnxruntime are needed here.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -33,7 +34,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from txfast.exceptions import ModelMismatchError
+from txfast.exceptions import ModelMismatchError, TxfastError
+from txfast.explain import EXPLAINER_FILE, Explainer, Method, TreeTables
 from txfast.registry import LoadedModel, ModelMetadata, ModelVersion, Registry, RegistryError
 
 __all__ = [
@@ -44,6 +46,8 @@ __all__ = [
     "check_features",
     "fit_calibration",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def fit_calibration(raw_scores: np.ndarray, n_quantiles: int = 1001) -> list[float]:
@@ -194,6 +198,8 @@ class ScoredBatch(NamedTuple):
         model_version: Version that scored the batch.
         threshold: Threshold used for ``is_anomaly``.
         bands: The model's calibrated MEDIUM/HIGH/CRITICAL bands, ``None`` if it has none.
+        explainer: Explains rows for this very model version; ``None`` when the model has
+            no explainer or explanations are off.
     """
 
     raw: np.ndarray
@@ -202,6 +208,7 @@ class ScoredBatch(NamedTuple):
     model_version: str
     threshold: float
     bands: tuple[float, float, float] | None = None
+    explainer: Explainer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +219,7 @@ class _Active:
     input_name: str
     output_name: str
     n_features: int
+    explainer: Explainer | None
 
 
 def _session_options(threads: int | None, allow_spinning: bool) -> ort.SessionOptions:
@@ -239,6 +247,9 @@ class Scorer:
         threads: onnxruntime intra-op threads; ``None`` lets onnxruntime choose.
         allow_spinning: Let idle onnxruntime threads busy-wait for the next call. Only
             worth it when the scorer has cores to itself.
+        explain: Load the model's explainer (``explainer.npz``) when it has one.
+        explain_top_k: Contributions kept per explanation.
+        explain_method: ``"treeshap"`` or ``"path"``; ``None`` uses the model's default.
 
     Raises:
         ModelMismatchError: If the model was trained on other features.
@@ -259,6 +270,9 @@ class Scorer:
         feature_version: str,
         threads: int | None = None,
         allow_spinning: bool = False,
+        explain: bool = True,
+        explain_top_k: int = 5,
+        explain_method: Method | None = None,
     ) -> None:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
@@ -266,6 +280,9 @@ class Scorer:
         self._feature_version = feature_version
         self._threads = threads
         self._allow_spinning = allow_spinning
+        self._explain = explain
+        self._explain_top_k = explain_top_k
+        self._explain_method = explain_method
         self._registry: Registry | None = None
         self._name: str | None = None
         self._reload_lock = threading.Lock()
@@ -281,6 +298,7 @@ class Scorer:
         feature_version: str,
         threads: int | None = None,
         allow_spinning: bool = False,
+        **options: Any,
     ) -> Scorer:
         """Load the champion of ``name`` from the registry at ``root``.
 
@@ -294,6 +312,7 @@ class Scorer:
             feature_version: Feature-set version the caller computes.
             threads: onnxruntime intra-op threads; ``None`` lets onnxruntime choose.
             allow_spinning: Let idle onnxruntime threads busy-wait for the next call.
+            **options: The explanation options of the constructor.
 
         Raises:
             RegistryError: If the model is unknown, has no champion or its files are
@@ -307,6 +326,7 @@ class Scorer:
             feature_version=feature_version,
             threads=threads,
             allow_spinning=allow_spinning,
+            **options,
         )
         scorer._registry = registry
         scorer._name = name
@@ -345,7 +365,23 @@ class Scorer:
             input_name=metadata.input_name,
             output_name=metadata.output_name,
             n_features=n_features,
+            explainer=self._explainer(model, where) if self._explain else None,
         )
+
+    def _explainer(self, model: LoadedModel, where: str) -> Explainer | None:
+        data = model.artifact(EXPLAINER_FILE)
+        if data is None:
+            log.info("%s has no explainer: alerts are stored without explanations", where)
+            return None
+        try:
+            return Explainer(
+                TreeTables.from_bytes(data),
+                model.metadata.feature_names,
+                top_k=self._explain_top_k,
+                method=self._explain_method,
+            )
+        except (ValueError, TxfastError) as exc:
+            raise RegistryError(f"{where}: invalid {EXPLAINER_FILE}: {exc}") from exc
 
     # -- properties -----------------------------------------------------------------------
 
@@ -448,6 +484,7 @@ class Scorer:
             model_version=active.info.version,
             threshold=threshold,
             bands=_bands(active.info.metadata),
+            explainer=active.explainer,
         )
 
     # -- reloading ------------------------------------------------------------------------

@@ -47,12 +47,15 @@ class TrainedModel:
             ``xgboost.XGBClassifier``).
         parity_rows: Held-out float32 rows on which ``register`` checks ONNX parity again;
             ``None`` skips that check.
+        explainer: The trees for explanations (``txfast.explain.TreeTables`` bytes),
+            stored as the ``explainer.npz`` artifact; ``None`` stores no explainer.
     """
 
     onnx_bytes: bytes
     metadata: dict[str, Any]
     model: Any
     parity_rows: np.ndarray | None = None
+    explainer: bytes | None = None
 
     @property
     def kind(self) -> str:
@@ -101,7 +104,10 @@ class TrainedModel:
         if not isinstance(registry, Registry):
             registry = Registry(registry)
         fields = dict(self.metadata if metadata is None else metadata)
-        return registry.register(name, self.onnx_bytes, fields, promote=promote)
+        artifacts = {} if self.explainer is None else {"explainer.npz": self.explainer}
+        return registry.register(
+            name, self.onnx_bytes, fields, promote=promote, artifacts=artifacts
+        )
 
 
 def validate_matrix(X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
@@ -130,6 +136,6 @@ def validate_matrix(X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
 def metadata_fields(metadata: ModelMetadata) -> dict[str, Any]:
     """JSON-ready metadata without the fields the registry assigns."""
     fields = msgspec.to_builtins(metadata)
-    for assigned_by_registry in ("name", "version", "created_at", "model_sha256"):
+    for assigned_by_registry in ("name", "version", "created_at", "model_sha256", "artifacts"):
         del fields[assigned_by_registry]
     return fields

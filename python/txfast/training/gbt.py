@@ -320,11 +320,14 @@ def train_gbt(
         risk_bands=choice.bands,
         threshold_calibration=choice.calibration,
     )
+    from txfast.explain import tables_from_xgboost
+
     return TrainedModel(
         onnx_bytes=onnx_bytes,
         metadata=metadata_fields(metadata),
         model=booster,
         parity_rows=parity_rows,
+        explainer=tables_from_xgboost(booster, x.shape[1]).to_bytes(),
     )
 
 

@@ -214,9 +214,12 @@ def train_isolation_forest(
         risk_bands=choice.bands,
         threshold_calibration=choice.calibration,
     )
+    from txfast.explain import tables_from_isolation_forest
+
     return TrainedModel(
         onnx_bytes=onnx_bytes,
         metadata=metadata_fields(metadata),
         model=forest,
         parity_rows=parity_rows,
+        explainer=tables_from_isolation_forest(forest, x.shape[1]).to_bytes(),
     )

@@ -8,6 +8,7 @@ use crate::error::TxError;
 
 mod decode;
 mod engine;
+mod explain;
 
 create_exception!(
     txfast.exceptions,
@@ -55,5 +56,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InputError", py.get_type::<InputError>())?;
     engine::register(m)?;
     decode::register(m)?;
+    explain::register(m)?;
     Ok(())
 }
