@@ -9,16 +9,42 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 import numpy as np
 
-from txfast.config import Settings, load_settings
-from txfast.exceptions import TxfastError
+from txfast.config import Settings, load_settings, parse_duration_ms
+from txfast.exceptions import ConfigError, TxfastError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _settings(config: str | None, **overrides: Any) -> Settings:
-    return load_settings(config, overrides=overrides)
+def _settings(config: str | None, *, label_delay: str | None = None, **overrides: Any) -> Settings:
+    settings = load_settings(config, overrides=overrides)
+    if label_delay is not None:
+        features = msgspec.structs.replace(settings.features, label_delay=label_delay)
+        settings = settings.replace(features=features)
+    return settings
+
+
+def _check_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_duration_ms(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from e
+    return value
+
+
+def _label_delay_option(f: Any) -> Any:
+    """`--label-delay`, overriding `[features] label_delay` (train, evaluate, features, retrain)."""
+    return click.option(
+        "--label-delay",
+        default=None,
+        callback=_check_duration,
+        help="With label features on, how long after its transaction a history's label "
+        "is known, e.g. 7d [default: [features] label_delay, 7d].",
+    )(f)
 
 
 class _Group(click.Group):
@@ -97,7 +123,10 @@ def _mapping(path: str | None) -> Any:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file.")
 @click.option("--mapping", type=click.Path(exists=True, dir_okay=False), help="Column mapping.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
-def features(data: str, out: str, mapping: str | None, config: str | None) -> None:
+@_label_delay_option
+def features(
+    data: str, out: str, mapping: str | None, config: str | None, label_delay: str | None
+) -> None:
     """Replay a history through the feature engine and write every feature column.
 
     \b
@@ -107,7 +136,7 @@ def features(data: str, out: str, mapping: str | None, config: str | None) -> No
     """
     from txfast.history import write_features
 
-    settings = _settings(config)
+    settings = _settings(config, label_delay=label_delay)
     rows, rejected = write_features(settings, data, out, _mapping(mapping))
     click.echo(f"wrote features of {rows:,} transactions to {out} ({len(rejected):,} rejected)")
 
@@ -177,6 +206,21 @@ def _gbt_params(
     return params
 
 
+def _kind_params(
+    trees: int | None,
+    max_samples: int,
+    max_depth: int,
+    learning_rate: float,
+    scale_pos_weight: str,
+    validation_fraction: float,
+) -> dict[str, dict[str, Any]]:
+    """Trainer arguments per model kind, from the `_model_options` (evaluate, retrain)."""
+    return {
+        "gbt": _gbt_params(trees, max_depth, learning_rate, scale_pos_weight, validation_fraction),
+        "iforest": {"n_estimators": trees or 100, "max_samples": max_samples},
+    }
+
+
 def _model_options(f: Any) -> Any:
     """Hyper-parameters shared by `train` and `evaluate`."""
     for option in reversed(
@@ -240,6 +284,7 @@ def _model_options(f: Any) -> Any:
 @click.option("--name", default=None, help="Model name in the registry [default: default].")
 @click.option("--mapping", type=click.Path(exists=True, dir_okay=False), help="Column mapping.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
+@_label_delay_option
 @_model_options
 @_threshold_options
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
@@ -255,6 +300,7 @@ def train(
     name: str | None,
     mapping: str | None,
     config: str | None,
+    label_delay: str | None,
     trees: int | None,
     max_samples: int,
     max_depth: int,
@@ -284,7 +330,7 @@ def train(
     from txfast.registry import Registry
 
     targets = _targets(target_alert_rate, alerts_per_day, target_precision)
-    settings = _settings(config, registry=registry, model_name=name)
+    settings = _settings(config, label_delay=label_delay, registry=registry, model_name=name)
     fs = replay_features(settings, data, _mapping(mapping))
     if len(fs.X) < 2:
         raise click.ClickException(f"{data} has fewer than 2 valid transactions")
@@ -371,6 +417,7 @@ def train(
 )
 @click.option("--mapping", type=click.Path(exists=True, dir_okay=False), help="Column mapping.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
+@_label_delay_option
 @click.option("--train-days", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--delay-days", type=click.IntRange(0), default=7, show_default=True)
 @click.option("--test-days", type=click.IntRange(1), default=7, show_default=True)
@@ -411,6 +458,7 @@ def evaluate(
     kinds: tuple[str, ...],
     mapping: str | None,
     config: str | None,
+    label_delay: str | None,
     train_days: int,
     delay_days: int,
     test_days: int,
@@ -449,12 +497,11 @@ def evaluate(
 
     targets = _targets(target_alert_rate, alerts_per_day, target_precision)
     models = list(dict.fromkeys("iforest" if m == "isolation-forest" else m for m in kinds))
-    settings = _settings(config)
+    settings = _settings(config, label_delay=label_delay)
     history = load_history(settings, data, _mapping(mapping))
-    params = {
-        "gbt": _gbt_params(trees, max_depth, learning_rate, scale_pos_weight, validation_fraction),
-        "iforest": {"n_estimators": trees or 100, "max_samples": max_samples},
-    }
+    params = _kind_params(
+        trees, max_samples, max_depth, learning_rate, scale_pos_weight, validation_fraction
+    )
     try:
         report, curves = evaluate_history(
             history,
@@ -504,6 +551,160 @@ def evaluate(
             f"{mean('fraud_amount_caught_share')}"
         )
     click.echo(f"report: {out}  precision-recall curve: {png_path}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--model",
+    "kind",
+    type=click.Choice(_MODEL_CHOICES),
+    default="auto",
+    show_default=True,
+    help="auto: gbt when the training period has legitimate and at least "
+    f"{_AUTO_MIN_FRAUD} fraud labels, else isolation-forest.",
+)
+@click.option(
+    "--store",
+    default=None,
+    help="Store whose analyst labels are used [default: duckdb:var/txfast.duckdb].",
+)
+@click.option("--registry", type=click.Path(file_okay=False), help="Registry directory.")
+@click.option("--name", default=None, help="Model name in the registry [default: default].")
+@click.option("--mapping", type=click.Path(exists=True, dir_okay=False), help="Column mapping.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
+@_label_delay_option
+@click.option(
+    "--test-days",
+    type=click.IntRange(1),
+    default=None,
+    help="Latest days of the history the candidate and the champion are compared on "
+    "[default: [retrain] test_days, 7].",
+)
+@click.option(
+    "--delay-days",
+    type=click.IntRange(0),
+    default=None,
+    help="Days skipped before the test period (labels not known yet) "
+    "[default: [retrain] delay_days, 7].",
+)
+@click.option(
+    "--min-gain",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Promote iff candidate AP >= champion AP + this [default: [retrain] min_gain, 0].",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even if the gate fails or the champion cannot score these features.",
+)
+@_model_options
+@_threshold_options
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def retrain(
+    data: str,
+    kind: str,
+    store: str | None,
+    registry: str | None,
+    name: str | None,
+    mapping: str | None,
+    config: str | None,
+    label_delay: str | None,
+    test_days: int | None,
+    delay_days: int | None,
+    min_gain: float | None,
+    force: bool,
+    trees: int | None,
+    max_samples: int,
+    max_depth: int,
+    learning_rate: float,
+    scale_pos_weight: str,
+    validation_fraction: float,
+    target_alert_rate: float | None,
+    alerts_per_day: float | None,
+    target_precision: float | None,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Retrain on a history with the store's analyst labels; promote only a better model.
+
+    The store's latest label of a transaction overrides the file's; a transaction labelled
+    nowhere counts as legitimate. The candidate trains on the history up to --delay-days
+    before the last --test-days days, then it and the champion score those test days: the
+    candidate is registered, and promoted only if its average precision is at least the
+    champion's plus --min-gain (or there is no champion). The decision and its figures go
+    to the store's audit log (action model.retrain).
+
+    \b
+    Examples:
+      txfast retrain --data var/history.parquet --store duckdb:var/txfast.duckdb
+      txfast retrain --data var/history.parquet --min-gain 0.01 --json
+      txfast retrain --data fraud.csv --mapping mapping.toml --model gbt --alerts-per-day 200
+    """
+    from txfast.retrain import retrain as run_retrain
+    from txfast.store import open_store
+
+    targets = _targets(target_alert_rate, alerts_per_day, target_precision)
+    settings = _settings(
+        config, label_delay=label_delay, store=store, registry=registry, model_name=name
+    )
+    params = _kind_params(
+        trees, max_samples, max_depth, learning_rate, scale_pos_weight, validation_fraction
+    )
+    try:
+        with open_store(settings.store, migrate=settings.store_migrate) as s:
+            report = run_retrain(
+                settings,
+                data,
+                s,
+                mapping=_mapping(mapping),
+                test_days=test_days,
+                delay_days=delay_days,
+                min_gain=min_gain,
+                kind=kind,
+                force=force,
+                model_params=params,
+                seed=seed,
+                auto_min_fraud=_AUTO_MIN_FRAUD,
+                **targets,
+            )
+    except ValueError as e:
+        if isinstance(e, TxfastError):
+            raise
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    r = report
+    labels = r.labels
+    click.echo(
+        f"candidate {r.model_name}/{r.candidate_version} ({r.candidate_kind}) trained on "
+        f"{r.train_range[0]}..{r.train_range[1]} ({r.train_rows:,} rows, {r.train_frauds:,} "
+        f"frauds); test {r.test_range[0]}..{r.test_range[1]} ({r.test_rows:,} rows, "
+        f"{r.test_frauds:,} frauds) after a {r.delay_days}-day delay"
+    )
+    champion = (
+        "no champion"
+        if r.champion_version is None
+        else f"champion {r.champion_version} AP "
+        + ("n/a" if r.champion_ap is None else f"{r.champion_ap:.4f}")
+    )
+    click.echo(
+        f"AP: candidate {r.candidate_ap:.4f}, {champion}, min gain {r.min_gain:g} -> "
+        f"{r.decision.upper()}: {r.reason}"
+    )
+    click.echo(
+        f"labels: {labels.from_store:,} from the store ({labels.store_overrides:,} overriding "
+        f"the file, {labels.store_unmatched:,} not in the history), {labels.from_file:,} from "
+        f"the file, {labels.unlabelled:,} unlabelled taken as legitimate"
+    )
+    if r.champion_trained_on_test:
+        click.echo(
+            f"note: champion {r.champion_version} was trained on data reaching into the test "
+            "period, so its AP there is optimistic"
+        )
 
 
 @main.command(context_settings=CONTEXT)
