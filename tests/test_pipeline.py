@@ -180,3 +180,69 @@ def test_warm_start_equals_one_continuous_replay(history: Path, stream_events, r
     fresh.store.close()
     new_merchant = fresh.feature_names.index("card_new_merchant_30d")
     assert unwarmed[:, new_merchant].sum() > got[:, new_merchant].sum(), "history matters"
+
+
+def test_promoting_a_model_during_a_run_drops_and_doubles_nothing(
+    history: Path, stream_events, registry: Path, tmp_path: Path
+) -> None:
+    """`txfast models promote` from another process mid-run: every event scored once,
+    each batch wholly by one model, the switch between two batches."""
+    import shutil
+    import subprocess
+    import sys
+
+    from txfast.history import replay_features
+    from txfast.registry import Registry
+    from txfast.training.isolation_forest import train_isolation_forest
+
+    root = tmp_path / "registry"
+    shutil.copytree(registry, root)
+    fs = replay_features(load_settings(env={}), history)
+    challenger = train_isolation_forest(
+        fs.X, fs.feature_names, fs.feature_version, n_estimators=30, seed=99
+    )
+    assert challenger.register(root).version == "v2"
+    stream = tmp_path / "stream.jsonl"
+    stream.write_bytes(b"\n".join(stream_events) + b"\n")
+    position = {json.loads(p)["transaction_id"]: i for i, p in enumerate(stream_events)}
+    batch = 500
+
+    def scores_by(version: str | None, name: str) -> tuple[dict, object]:
+        settings = load_settings(
+            env={}, overrides={"store": f"duckdb:{tmp_path / name}", "registry": str(root)}
+        )
+        pipe = Pipeline.from_settings(settings)
+        promoted_after = None
+
+        def batches():
+            nonlocal promoted_after
+            for i, b in enumerate(FileSource(stream, batch_size=batch)):
+                if version is not None and i == 3:
+                    cmd = [sys.executable, "-m", "txfast.cli", "models", "promote", version]
+                    subprocess.run([*cmd, "--registry", str(root)], check=True)
+                    promoted_after = i * batch
+                yield b
+
+        try:
+            summary = pipe.run(batches(), source="stream")
+            rows = pipe.store.query("SELECT transaction_id, score, model_version FROM transactions")
+        finally:
+            pipe.store.close()
+        assert summary.scored == len(rows) == len(stream_events)
+        return {r[0]: (r[1], r[2]) for r in rows}, promoted_after
+
+    only_v1, _ = scores_by(None, "v1.duckdb")
+    Registry(root).promote("default", "v2")
+    only_v2, _ = scores_by(None, "v2.duckdb")
+    Registry(root).promote("default", "v1")
+    mixed, switch = scores_by("v2", "mixed.duckdb")
+    differ = sum(only_v1[t][0] != only_v2[t][0] for t in position)
+    assert differ > len(position) // 2, "the two models score differently"
+
+    assert len(mixed) == len(position), "no event dropped, none stored twice"
+    versions = [mixed[t][1] for t in sorted(mixed, key=position.__getitem__)]
+    assert versions == ["v1"] * switch + ["v2"] * (len(versions) - switch)
+    for tx, (score, version) in mixed.items():
+        want = (only_v1 if version == "v1" else only_v2)[tx][0]
+        assert score == pytest.approx(want, abs=1e-6), f"{tx} scored by {version} exactly once"
+    assert Registry(root).champion_version("default") == "v2"
