@@ -119,7 +119,12 @@ def iter_feature_batches(
     ``label_delay_ms`` (default ``settings.features.label_delay``) after their transaction.
     """
     delay = _label_delay_ms(settings, label_delay_ms)
-    source = FileSource(path, batch_size=settings.pipeline.batch_size, mapping=mapping)
+    source = FileSource(
+        path,
+        batch_size=settings.pipeline.batch_size,
+        mapping=mapping,
+        base_currency=settings.decoder.base_currency,
+    )
     decoder = build_decoder(settings)
     engine = engine_from_settings(settings.features)
     names = list(engine.feature_names)

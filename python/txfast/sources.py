@@ -30,6 +30,8 @@ __all__ = [
     "open_source",
 ]
 
+_TOKENIZABLE = {"card_id", "user_id", "merchant_id", "device_id"}
+
 _STRING_FIELDS = {
     "transaction_id",
     "card_id",
@@ -87,10 +89,14 @@ class ColumnMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
         [options]
         timestamp_unit = "ms"     # for numeric timestamps: "ms" or "s"
+        tokenize = "card_id"      # comma-separated id fields replaced by a SHA-256 token
 
     Fields neither mapped nor defaulted are read from a column of the same name when there is
-    one. Without a ``transaction_id`` column, ids are ``<file stem>-<row number>``. Naive
-    timestamps (no offset) are taken as UTC.
+    one. Without a ``transaction_id`` column, ids are ``<file stem>-<row number>``; without a
+    currency the amounts are in the base currency. Naive timestamps (no offset) are taken as
+    UTC. ``tokenize`` is for files whose card ids are card numbers (PANs), which the decoder
+    rejects: each value becomes ``tok_`` + the first 24 hex digits of its SHA-256, the same
+    token for the same number, so windows still follow the card.
     """
 
     columns: dict[str, str] = msgspec.field(default_factory=dict)
@@ -113,7 +119,24 @@ class ColumnMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 )
         if m.options.get("timestamp_unit", "ms") not in ("ms", "s"):
             raise ConfigError(f"column mapping {path}: timestamp_unit must be ms or s")
+        unknown = sorted(set(m.options) - {"timestamp_unit", "tokenize"})
+        if unknown:
+            raise ConfigError(
+                f"column mapping {path}: unknown option {unknown[0]!r} "
+                "(known: timestamp_unit, tokenize)"
+            )
+        bad = sorted(set(m.tokenized) - _TOKENIZABLE)
+        if bad:
+            raise ConfigError(
+                f"column mapping {path}: cannot tokenize {bad[0]!r} "
+                f"(id fields: {', '.join(sorted(_TOKENIZABLE))})"
+            )
         return m
+
+    @property
+    def tokenized(self) -> list[str]:
+        """The fields the ``tokenize`` option names."""
+        return [f.strip() for f in self.options.get("tokenize", "").split(",") if f.strip()]
 
 
 def _quote(name: str) -> str:
@@ -138,16 +161,24 @@ class FileSource:
         path: ``.jsonl``/``.json``/``.ndjson``, ``.csv``/``.csv.gz`` or ``.parquet``.
         batch_size: Events per batch.
         mapping: Column mapping for files with other column names.
+        base_currency: Currency of amounts in files (CSV, Parquet, mapped JSON) without a
+            currency column or default.
     """
 
     def __init__(
-        self, path: str | Path, *, batch_size: int = 8192, mapping: ColumnMapping | None = None
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 8192,
+        mapping: ColumnMapping | None = None,
+        base_currency: str = "EUR",
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise ConfigError(f"data file {self.path} does not exist")
         self.batch_size = batch_size
         self.mapping = mapping
+        self.base_currency = base_currency
         name = self.path.name.lower()
         if name.endswith((".jsonl", ".json", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
             self.format = "json"
@@ -224,6 +255,8 @@ class FileSource:
             if col is None:
                 if fld in mapping.defaults:
                     parts.append(f"{fld} := {_literal(mapping.defaults[fld])}")
+                elif fld == "currency":
+                    parts.append(f"{fld} := {_literal(self.base_currency)}")
                 elif fld == "transaction_id":
                     stem = _literal(self.path.name.split(".")[0] + "-")
                     parts.append(f"{fld} := {stem} || CAST(row_number() OVER () - 1 AS VARCHAR)")
@@ -241,6 +274,8 @@ class FileSource:
                     expr = f"CAST({c} AS BIGINT) * 1000" if unit == "s" else c
             elif fld in _STRING_FIELDS:
                 expr = f"CAST({c} AS VARCHAR)"
+                if fld in mapping.tokenized:
+                    expr = f"'tok_' || substr(sha256({expr}), 1, 24)"
                 if fld in mapping.defaults:
                     expr = f"COALESCE({expr}, {_literal(mapping.defaults[fld])})"
             elif fld == "label":
@@ -339,4 +374,9 @@ def open_source(
     if spec == "simulate":
         return SimulatedSource(batch_size=batch_size, **options)
     path = spec[len("file:") :] if spec.startswith("file:") else spec
-    return FileSource(path, batch_size=batch_size, mapping=options.get("mapping"))
+    return FileSource(
+        path,
+        batch_size=batch_size,
+        mapping=options.get("mapping"),
+        base_currency=options.get("base_currency", "EUR"),
+    )

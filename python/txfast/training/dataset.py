@@ -97,7 +97,13 @@ def load_history(
     decoder = build_decoder(settings)
     cards: list[np.ndarray] = []
     ids: list[pa.Array] = []
-    for batch in FileSource(path, batch_size=settings.pipeline.batch_size, mapping=mapping):
+    source = FileSource(
+        path,
+        batch_size=settings.pipeline.batch_size,
+        mapping=mapping,
+        base_currency=settings.decoder.base_currency,
+    )
+    for batch in source:
         c = batch.decode(decoder).columns
         cards.append(np.asarray(c["card"]))
         ids.append(c["transaction_id"])

@@ -1,0 +1,275 @@
+"""Labelled histories in other shapes: CSV with a column mapping, PAN card ids, timestamps."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from txfast.cli import main
+from txfast.config import load_settings
+from txfast.exceptions import ConfigError
+from txfast.history import replay_features
+from txfast.sources import ColumnMapping
+
+HANDBOOK_MAPPING = """
+[columns]
+transaction_id = "TRANSACTION_ID"
+timestamp = "TX_DATETIME"
+card_id = "CUSTOMER_ID"
+merchant_id = "TERMINAL_ID"
+amount = "TX_AMOUNT"
+label = "TX_FRAUD"
+"""
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@pytest.fixture(scope="module")
+def handbook(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The simulator's history written the way the fraud-detection handbook's data is: a
+    pandas index column, integer customer and terminal ids, naive timestamps, no currency,
+    no location; plus the same rows as contract JSON lines (EUR) and the mapping file."""
+    from txfast.simulate import simulate
+
+    t = simulate(300, 10, seed=7, start="2026-01-01").to_pydict()
+    ts = [int(v) for v in t["timestamp"]]  # epoch ms
+    ts = [v - v % 1000 for v in ts]  # the CSV has whole seconds
+    d = tmp_path_factory.mktemp("handbook")
+    card_no = {c: i for i, c in enumerate(sorted(set(t["card_id"])))}
+    terminal_no = {m: i for i, m in enumerate(sorted(set(t["merchant_id"])))}
+    with (d / "transactions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "",
+                "TRANSACTION_ID",
+                "TX_DATETIME",
+                "CUSTOMER_ID",
+                "TERMINAL_ID",
+                "TX_AMOUNT",
+                "TX_TIME_SECONDS",
+                "TX_FRAUD",
+                "TX_FRAUD_SCENARIO",
+            ]
+        )
+        for i in range(len(ts)):
+            w.writerow(
+                [
+                    i,
+                    i,
+                    _iso(ts[i]),
+                    card_no[t["card_id"][i]],
+                    terminal_no[t["merchant_id"][i]],
+                    t["amount"][i],
+                    ts[i] // 1000,
+                    t["label"][i],
+                    0,
+                ]
+            )
+    with (d / "contract.jsonl").open("w") as f:
+        for i in range(len(ts)):
+            doc = {
+                "transaction_id": str(i),
+                "timestamp": ts[i],
+                "card_id": str(card_no[t["card_id"][i]]),
+                "merchant_id": str(terminal_no[t["merchant_id"][i]]),
+                "amount": t["amount"][i],
+                "currency": "EUR",
+                "label": t["label"][i],
+            }
+            f.write(json.dumps(doc) + "\n")
+    (d / "mapping.toml").write_text(HANDBOOK_MAPPING)
+    return d / "transactions.csv", d / "contract.jsonl", d / "mapping.toml"
+
+
+def test_a_mapped_csv_gives_the_features_of_the_same_events_sent_natively(handbook) -> None:
+    csv_path, jsonl, mapping = handbook
+    settings = load_settings(env={})
+    mapped = replay_features(settings, csv_path, ColumnMapping.load(mapping))
+    native = replay_features(settings, jsonl)
+    assert mapped.rejected == [] and native.rejected == []
+    assert mapped.transaction_id.to_pylist() == native.transaction_id.to_pylist()
+    np.testing.assert_array_equal(mapped.ts_ms, native.ts_ms)
+    np.testing.assert_array_equal(mapped.label, native.label)
+    np.testing.assert_array_equal(mapped.X, native.X)
+    assert mapped.label.sum() > 0
+
+
+def test_train_and_evaluate_on_a_mapped_csv(handbook, tmp_path: Path) -> None:
+    csv_path, _, mapping = handbook
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(csv_path),
+            "--mapping",
+            str(mapping),
+            "--registry",
+            str(tmp_path / "reg"),
+            "--model",
+            "gbt",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "gbt" in r.output.lower()
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--data",
+            str(csv_path),
+            "--mapping",
+            str(mapping),
+            "--model",
+            "gbt",
+            "--train-days",
+            "4",
+            "--delay-days",
+            "1",
+            "--test-days",
+            "2",
+            "--folds",
+            "1",
+            "--out",
+            str(tmp_path / "eval" / "report.json"),
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output[r.output.index("{") :])
+    assert report["models"]["gbt"]["summary"]["auc_roc"]["mean"] > 0.5
+
+
+def _luhn_pan(rng: np.random.Generator) -> str:
+    digits = [int(v) for v in rng.integers(0, 10, size=15)]
+    digits[0] = 4
+    total = 0
+    for i, v in enumerate(reversed(digits)):  # the check digit goes right of these
+        if i % 2 == 0:
+            v *= 2
+            v -= 9 if v > 9 else 0
+        total += v
+    return "".join(map(str, digits)) + str((10 - total % 10) % 10)
+
+
+def test_card_numbers_are_rejected_unless_tokenized(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    pans = [_luhn_pan(rng) for _ in range(20)]
+    path = tmp_path / "fraudTrain.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "",
+                "trans_date_trans_time",
+                "cc_num",
+                "merchant",
+                "category",
+                "amt",
+                "lat",
+                "long",
+                "trans_num",
+                "is_fraud",
+            ]
+        )
+        for i in range(400):
+            w.writerow(
+                [
+                    i,
+                    f"2019-01-01 {i // 60 % 24:02d}:{i % 60:02d}:00",
+                    pans[i % 20],
+                    f"fraud_Kub, Mann {i % 7}",
+                    "misc_net",
+                    10.5 + i,
+                    36.07,
+                    -81.17,
+                    f"t{i:04d}",
+                    int(i % 50 == 0),
+                ]
+            )
+    mapping = """
+[columns]
+transaction_id = "trans_num"
+timestamp = "trans_date_trans_time"
+card_id = "cc_num"
+merchant_id = "merchant"
+merchant_category = "category"
+amount = "amt"
+lat = "lat"
+lon = "long"
+label = "is_fraud"
+[defaults]
+currency = "USD"
+"""
+    (tmp_path / "plain.toml").write_text(mapping)
+    (tmp_path / "tok.toml").write_text(mapping + '[options]\ntokenize = "card_id"\n')
+    settings = load_settings(env={})
+    plain = replay_features(settings, path, ColumnMapping.load(tmp_path / "plain.toml"))
+    assert len(plain.rejected) == 400
+    assert {r.reason for r in plain.rejected} == {"pan_card_id"}
+    for r in plain.rejected:  # the dead letters keep no full card number
+        assert not any(p.encode() in r.payload for p in pans)
+    tok = replay_features(settings, path, ColumnMapping.load(tmp_path / "tok.toml"))
+    assert tok.rejected == [] and len(tok.ts_ms) == 400
+    count_24h = tok.X[:, tok.feature_names.index("card_count_24h")]
+    # 20 cards in turn (the count includes the transaction itself): the 21st transaction
+    # is its card's second, so the same number gives the same token every time.
+    assert count_24h[:20].tolist() == [1.0] * 20
+    assert count_24h[20:40].tolist() == [2.0] * 20
+
+
+def test_timestamp_forms(tmp_path: Path) -> None:
+    rows = [
+        ("a", "2026-03-01T10:00:00+02:00"),
+        ("b", "2026-03-01 08:30:00"),
+        ("c", "2026-03-01T08:45:00Z"),
+    ]
+    (tmp_path / "iso.csv").write_text(
+        "id,when,card,shop,amt\n" + "".join(f"{i},{w},c1,m1,5.0\n" for i, w in rows)
+    )
+    (tmp_path / "secs.csv").write_text("id,when,card,shop,amt\nd,1772351100,c1,m1,5.0\n")
+    m = tmp_path / "m.toml"
+    base = (
+        '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
+        'merchant_id = "shop"\namount = "amt"\n'
+    )
+    m.write_text(base)
+    settings = load_settings(env={})
+    iso = replay_features(settings, tmp_path / "iso.csv", ColumnMapping.load(m))
+    assert iso.ts_ms.tolist() == [1772352000000, 1772353800000, 1772354700000]
+    (tmp_path / "s.toml").write_text(base + '[options]\ntimestamp_unit = "s"\n')
+    secs = replay_features(settings, tmp_path / "secs.csv", ColumnMapping.load(tmp_path / "s.toml"))
+    assert secs.ts_ms.tolist() == [1772351100000]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[columns]\ncard = "x"\n', "'card' is not a contract field"),
+        ('[options]\ntimestamp_unit = "us"\n', "timestamp_unit must be ms or s"),
+        ('[options]\nhash = "card_id"\n', "unknown option 'hash'"),
+        ('[options]\ntokenize = "amount"\n', "cannot tokenize 'amount'"),
+        ("[columns\n", "is invalid"),
+    ],
+)
+def test_mapping_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "m.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        ColumnMapping.load(tmp_path / "m.toml")
+
+
+def test_a_mapped_column_missing_from_the_file_is_named(handbook, tmp_path: Path) -> None:
+    csv_path, _, _ = handbook
+    (tmp_path / "m.toml").write_text(HANDBOOK_MAPPING.replace("TX_AMOUNT", "TX_AMT"))
+    with pytest.raises(ConfigError, match="'TX_AMT' for 'amount' is missing"):
+        replay_features(load_settings(env={}), csv_path, ColumnMapping.load(tmp_path / "m.toml"))
