@@ -361,3 +361,47 @@ def test_runtime_modules_do_not_import_sklearn() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_challenger_scores_in_shadow_and_never_acts(root: Path, caplog) -> None:
+    reg = Registry(root)
+    reg.register("default", make_onnx(scale=2.0), make_metadata())
+    reg.register("default", make_onnx(), make_metadata(feature_version="fs/2"))
+    scorer = Scorer.from_registry(root, feature_names=NAMES, feature_version=VERSION)
+    x = batch(200, seed=4)
+    plain = scorer.score_batch(x)
+    assert plain.shadow_score is None and scorer.shadow_version is None
+
+    reg.set_challenger("default", "v2")
+    scorer.reload_if_changed()
+    shadowed = scorer.score_batch(x)
+    assert scorer.model_version == "v1" and shadowed.shadow_version == "v2"
+    np.testing.assert_array_equal(shadowed.score, plain.score)  # the champion still decides
+    np.testing.assert_array_equal(shadowed.is_anomaly, plain.is_anomaly)
+    challenger = Scorer(reg.load("default", "v2"), feature_names=NAMES, feature_version=VERSION)
+    np.testing.assert_allclose(shadowed.shadow_score, challenger.score(x), atol=1e-7)
+    assert not np.allclose(shadowed.shadow_score, plain.score)
+
+    # A challenger trained on other features is skipped, loudly; the champion goes on.
+    reg.set_challenger("default", "v3")
+    with caplog.at_level("ERROR", logger="txfast.scoring"):
+        scorer.reload_if_changed()
+    assert "not run in shadow" in caplog.text
+    assert scorer.score_batch(x).shadow_score is None
+
+    # Promoting the challenger ends its shadow; --off stops one.
+    reg.set_challenger("default", "v2")
+    scorer.reload_if_changed()
+    reg.promote("default", "v2")
+    assert reg.challenger_version("default") is None
+    assert scorer.reload_if_changed() is True
+    after = scorer.score_batch(x)
+    assert after.model_version == "v2" and after.shadow_score is None
+    with pytest.raises(RegistryError, match="is the champion"):
+        reg.set_challenger("default", "v2")
+    reg.set_challenger("default", "v1")
+    scorer.reload_if_changed()
+    assert scorer.score_batch(x).shadow_version == "v1"
+    reg.set_challenger("default", None)
+    scorer.reload_if_changed()
+    assert scorer.score_batch(x).shadow_score is None

@@ -794,13 +794,24 @@ def run(
     src = (
         SimulatedSource(cards=cards, days=days, seed=seed, rate=rate, batch_size=batch, start=start)
         if source == "simulate"
-        else open_source(source, batch_size=batch, mapping=_mapping(mapping))
+        else open_source(
+            source,
+            batch_size=batch,
+            mapping=_mapping(mapping),
+            base_currency=settings.decoder.base_currency,
+        )
     )
     if isinstance(src, SimulatedSource):
         src.table()  # simulate before the clock starts: the rate is the scorer's
     pipeline = Pipeline.from_settings(settings)
     if warm_from:
-        warmed = pipeline.warm(open_source(f"file:{warm_from}", batch_size=batch))
+        warm_src = open_source(
+            f"file:{warm_from}",
+            batch_size=batch,
+            mapping=_mapping(mapping),
+            base_currency=settings.decoder.base_currency,
+        )
+        warmed = pipeline.warm(warm_src)
         if not as_json:
             click.echo(f"feature state warmed with {warmed:,} events from {warm_from}")
     try:
@@ -987,16 +998,77 @@ def models() -> None:
 @click.option("--registry", type=click.Path(file_okay=False), help="Registry directory.")
 @click.option("--name", default=None, help="Model name.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
-def models_list(registry: str | None, name: str | None, config: str | None) -> None:
-    """List the versions of a model; the champion is marked with `*`."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version.")
+def models_list(registry: str | None, name: str | None, config: str | None, as_json: bool) -> None:
+    """List the versions of a model: `*` marks the champion, `~` the shadow challenger.
+
+    \b
+    Example:
+      txfast models list --registry var/registry
+    """
+    import json
+
     from txfast.registry import Registry
 
     settings = _settings(config, registry=registry, model_name=name)
     reg = Registry(settings.registry)
-    champ = reg.champion(settings.model_name)
+    champ = reg.champion_version(settings.model_name)
+    shadow = reg.challenger_version(settings.model_name)
     for v in reg.versions(settings.model_name):
-        mark = "*" if champ is not None and v.version == champ.version else " "
-        click.echo(f"{mark} {settings.model_name}/{v.version}")
+        m = v.metadata
+        ap = m.metrics.get("test_average_precision", m.metrics.get("validation_average_precision"))
+        if as_json:
+            row = {
+                "version": v.version,
+                "kind": m.kind,
+                "created_at": m.created_at,
+                "champion": v.version == champ,
+                "challenger": v.version == shadow,
+                "threshold": m.threshold,
+                "feature_version": m.feature_version,
+                "training_rows": m.training.rows,
+                "average_precision": ap,
+                "explainer": "explainer.npz" in m.artifacts,
+            }
+            click.echo(json.dumps(row))
+            continue
+        mark = "*" if v.version == champ else "~" if v.version == shadow else " "
+        figures = f"AP {ap:.4f}" if ap is not None else ""
+        click.echo(
+            f"{mark} {settings.model_name}/{v.version:<4} {m.kind:<17} {m.created_at[:19]:<19} "
+            f"threshold {m.threshold:.4f}  {m.training.rows:>10,} rows  {figures}".rstrip()
+        )
+
+
+@models.command("shadow")
+@click.argument("version", required=False)
+@click.option("--off", is_flag=True, help="Stop the shadow challenger.")
+@click.option("--registry", type=click.Path(file_okay=False), help="Registry directory.")
+@click.option("--name", default=None, help="Model name.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Settings TOML.")
+def models_shadow(
+    version: str | None, off: bool, registry: str | None, name: str | None, config: str | None
+) -> None:
+    """Score VERSION in shadow beside the champion (stored, never acting); `--off` stops.
+
+    Running scorers start, switch or stop the shadow between batches. Promoting the
+    challenger ends its shadow.
+
+    \b
+    Example:
+      txfast models shadow v3 --registry var/registry
+      txfast models shadow --off --registry var/registry
+    """
+    from txfast.registry import Registry
+
+    if off == (version is not None):
+        raise click.UsageError("give a VERSION, or --off")
+    settings = _settings(config, registry=registry, model_name=name)
+    Registry(settings.registry).set_challenger(settings.model_name, version)
+    if version is None:
+        click.echo(f"{settings.model_name}: no shadow challenger")
+    else:
+        click.echo(f"{settings.model_name}/{version} scores in shadow")
 
 
 @models.command("promote")

@@ -7,6 +7,7 @@ Layout::
     <root>/<name>/v1/explainer.npz     # optional artifacts (checksums in the metadata)
     <root>/<name>/v2/...
     <root>/<name>/CHAMPION             # "v2\\n": the version the scorer serves
+    <root>/<name>/CHALLENGER           # optional "v3\\n": scored in shadow, never acting
     <root>/<name>/HISTORY.json         # every promote / rollback, oldest first
 
 Versions are immutable once registered and numbered ``v1, v2, …`` in registration order.
@@ -58,6 +59,7 @@ __all__ = [
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CHAMPION_FILE = "CHAMPION"
+CHALLENGER_FILE = "CHALLENGER"
 HISTORY_FILE = "HISTORY.json"
 _LOCK_FILE = ".lock"
 
@@ -533,6 +535,51 @@ class Registry:
             raise RegistryError(f"corrupted champion pointer {pointer}: {text[:40]!r}")
         return text
 
+    def challenger_version(self, name: str) -> str | None:
+        """The shadow challenger's version, or ``None`` when none is set.
+
+        Raises:
+            RegistryError: If the model is unknown or the pointer file is corrupted.
+        """
+        pointer = self._name_dir(name) / CHALLENGER_FILE
+        try:
+            text = pointer.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not _VERSION_RE.match(text):
+            raise RegistryError(f"corrupted challenger pointer {pointer}: {text[:40]!r}")
+        return text
+
+    def set_challenger(self, name: str, version: str | None) -> ModelVersion | None:
+        """Run ``version`` in shadow beside the champion (``None`` stops the shadow).
+
+        A shadow model scores every batch the champion scores; its score is stored beside
+        the champion's and never changes a decision. Promoting the challenger ends the
+        shadow.
+
+        Returns:
+            The challenger, or ``None`` when the shadow was stopped.
+
+        Raises:
+            RegistryError: If the name or version is unknown or its files are invalid, or
+                the version is the champion.
+        """
+        name_dir = self._name_dir(name)
+        with self._lock(name_dir):
+            pointer = name_dir / CHALLENGER_FILE
+            if version is None:
+                with contextlib.suppress(FileNotFoundError):
+                    pointer.unlink()
+                    _fsync_dir(name_dir)
+                return None
+            info = self.load(name, version).info
+            if self.champion_version(name) == version:
+                raise RegistryError(
+                    f"{name}/{version} is the champion; it cannot be its challenger"
+                )
+            _atomic_write(pointer, f"{version}\n".encode())
+        return info
+
     def champion(self, name: str) -> ModelVersion | None:
         """The version currently served, or ``None`` when none has been promoted.
 
@@ -681,6 +728,7 @@ class Registry:
             info = self.load(name, version).info  # full check, including the checksum
             if self.champion_version(name) != version:
                 self._set_champion(name_dir, version, "promote")
+            self._end_shadow_of(name_dir, version)
         return info
 
     def rollback(self, name: str) -> ModelVersion:
@@ -702,7 +750,14 @@ class Registry:
             previous = stack[-2]
             info = self.load(name, previous).info
             self._set_champion(name_dir, previous, "rollback")
+            self._end_shadow_of(name_dir, previous)
         return info
+
+    def _end_shadow_of(self, name_dir: Path, version: str) -> None:
+        """Remove the challenger pointer when ``version``, now champion, was the challenger."""
+        if self.challenger_version(name_dir.name) == version:
+            (name_dir / CHALLENGER_FILE).unlink()
+            _fsync_dir(name_dir)
 
     # -- champion pointer and history -----------------------------------------------------
 

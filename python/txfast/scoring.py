@@ -200,6 +200,8 @@ class ScoredBatch(NamedTuple):
         bands: The model's calibrated MEDIUM/HIGH/CRITICAL bands, ``None`` if it has none.
         explainer: Explains rows for this very model version; ``None`` when the model has
             no explainer or explanations are off.
+        shadow_score: float32 ``[n]`` calibrated scores of the shadow challenger, if one ran.
+        shadow_version: The shadow challenger's version, if one ran.
     """
 
     raw: np.ndarray
@@ -209,6 +211,8 @@ class ScoredBatch(NamedTuple):
     threshold: float
     bands: tuple[float, float, float] | None = None
     explainer: Explainer | None = None
+    shadow_score: np.ndarray | None = None
+    shadow_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +291,8 @@ class Scorer:
         self._name: str | None = None
         self._reload_lock = threading.Lock()
         self._active = self._activate(model)
+        self._shadow: _Active | None = None
+        self._shadow_pointer: str | None = None  # the challenger pointer last acted on
 
     @classmethod
     def from_registry(
@@ -330,9 +336,10 @@ class Scorer:
         )
         scorer._registry = registry
         scorer._name = name
+        scorer._follow_challenger()
         return scorer
 
-    def _activate(self, model: LoadedModel) -> _Active:
+    def _activate(self, model: LoadedModel, *, explain: bool | None = None) -> _Active:
         metadata = model.metadata
         check_features(metadata, self._feature_names, self._feature_version)
         try:
@@ -365,7 +372,11 @@ class Scorer:
             input_name=metadata.input_name,
             output_name=metadata.output_name,
             n_features=n_features,
-            explainer=self._explainer(model, where) if self._explain else None,
+            explainer=(
+                self._explainer(model, where)
+                if (self._explain if explain is None else explain)
+                else None
+            ),
         )
 
     def _explainer(self, model: LoadedModel, where: str) -> Explainer | None:
@@ -389,6 +400,12 @@ class Scorer:
     def model_version(self) -> str:
         """Version of the active model, e.g. ``"v3"``."""
         return self._active.info.version
+
+    @property
+    def shadow_version(self) -> str | None:
+        """Version of the shadow challenger scoring beside the champion, if any."""
+        shadow = self._shadow
+        return None if shadow is None else shadow.info.version
 
     @property
     def model_name(self) -> str:
@@ -473,10 +490,13 @@ class Scorer:
         Raises:
             ValueError: If ``features`` is not 2-D with ``F`` columns.
         """
-        active = self._active
+        active, shadow = self._active, self._shadow
         raw = self._run(active, features)
         score = active.calibrator(raw)
         threshold = active.info.metadata.threshold
+        shadow_score = None
+        if shadow is not None:
+            shadow_score = shadow.calibrator(self._run(shadow, features))
         return ScoredBatch(
             raw=raw,
             score=score,
@@ -485,6 +505,8 @@ class Scorer:
             threshold=threshold,
             bands=_bands(active.info.metadata),
             explainer=active.explainer,
+            shadow_score=shadow_score,
+            shadow_version=None if shadow is None else shadow.info.version,
         )
 
     # -- reloading ------------------------------------------------------------------------
@@ -507,6 +529,7 @@ class Scorer:
         """
         if self._registry is None or self._name is None:
             return False
+        self._follow_challenger()
         version = self._registry.champion_version(self._name)
         if version is None or version == self._active.info.version:
             return False
@@ -515,6 +538,40 @@ class Scorer:
                 return False
             self._active = self._activate(self._registry.load(self._name, version))
         return True
+
+    def _follow_challenger(self) -> None:
+        """Start, switch or stop the shadow challenger as its pointer says.
+
+        The shadow never acts, so it never stops the champion either: a challenger that
+        cannot be loaded or was trained on other features is logged and skipped until its
+        pointer changes.
+        """
+        assert self._registry is not None and self._name is not None
+        try:
+            version = self._registry.challenger_version(self._name)
+        except RegistryError as exc:
+            version = None
+            if self._shadow_pointer != "corrupted":
+                log.error("challenger pointer of %r ignored: %s", self._name, exc)
+            self._shadow_pointer = "corrupted"
+            self._shadow = None
+            return
+        if version == self._shadow_pointer:
+            return
+        with self._reload_lock:
+            self._shadow_pointer = version
+            if version is None:
+                self._shadow = None
+                log.info("shadow challenger of %r stopped", self._name)
+                return
+            try:
+                shadow = self._activate(self._registry.load(self._name, version), explain=False)
+            except (RegistryError, ModelMismatchError) as exc:
+                self._shadow = None
+                log.error("challenger %s/%s not run in shadow: %s", self._name, version, exc)
+                return
+            self._shadow = shadow
+            log.info("challenger %s/%s scores in shadow", self._name, version)
 
     def __repr__(self) -> str:
         info = self._active.info
