@@ -32,6 +32,9 @@ class Row:
     category: str | None = "5411"
     channel: str | None = "pos"
     features: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
+    created: datetime | None = None
+    """When the alert was stored (``created_at``); default: its event time."""
+    explanation: str | None = None
 
     @property
     def is_alert(self) -> bool:
@@ -76,8 +79,15 @@ def scored_batch(
         )
         .append_column("feature_version", pa.array(["test/1"] * len(picked), pa.string()))
         .append_column("features", pa.array([r.features for r in picked], pa.list_(pa.float32())))
-        .append_column("created_at", ts.take(idx))
+        .append_column(
+            "created_at",
+            pa.array([r.created or r.ts for r in picked], pa.timestamp("ms")),
+        )
     )
+    if any(r.explanation is not None for r in picked):
+        alerts = alerts.append_column(
+            "explanation", pa.array([r.explanation for r in picked], pa.string())
+        )
     return ScoredBatch(tx, alerts, dead_letters or [], source, feature_names)
 
 

@@ -268,6 +268,27 @@ def test_labels_window(store: Store) -> None:
     assert store.labels(since=mid, until=mid).num_rows == 0
 
 
+def test_label_events_hand_out_first_labels_once_settled(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = ALERTS[0], ALERTS[1]
+    store.record_feedback(a.id, "fraud", "ana")
+    assert store.label_events(0).num_rows == 0, "not settled yet"
+    monkeypatch.setattr("txfast.store._sql.LABEL_SETTLE_S", 0.0)
+    store.record_feedback(a.id, "legit", "bob")  # a correction is not a second event
+    store.record_feedback(b.id, "legit", "ana")
+    events = store.label_events(0)
+    assert events.column_names == ["id", "card_id", "merchant_id", "label", "labelled_at"]
+    assert events["card_id"].to_pylist() == [a.card, b.card]
+    assert events["merchant_id"].to_pylist() == [a.merchant, b.merchant]
+    assert events["label"].to_pylist() == [1, 0]
+    ids = events["id"].to_pylist()
+    assert ids == sorted(ids)
+    assert store.label_events(ids[0])["id"].to_pylist() == ids[1:]
+    assert store.label_events(ids[-1]).num_rows == 0
+    assert store.label_events(0, limit=1).num_rows == 1
+
+
 def test_bad_feedback_is_refused(store: Store) -> None:
     with pytest.raises(NotFoundError, match="no transaction 'ghost'"):
         store.record_feedback("ghost", "fraud", "alice")
@@ -342,7 +363,7 @@ def test_stats_top_merchants_and_amounts(store: Store) -> None:
     st = store.stats(since, until, top_merchants=2)
     inside = [r for r in ROWS if since <= r.ts < until]
     per: dict = defaultdict(Counter)
-    amount: Counter = Counter()
+    amount: dict[str | int, float] = defaultdict(float)
     for r in inside:
         per[r.merchant]["n"] += 1
         per[r.merchant]["alerts"] += r.is_alert
@@ -529,6 +550,6 @@ def test_a_failed_fold_does_not_fail_the_write(
         s.write_batch(scored_batch(ROWS[40:]))
         monkeypatch.undo()
         check_stats(s, ROWS, T0, T0 + timedelta(days=3))  # read from the deltas
-        s.compact()
+        s.compact()  # type: ignore[attr-defined]  # on both backends, not in Store
         check_stats(s, ROWS, T0, T0 + timedelta(days=3))
         assert s.count("transactions") == len(ROWS)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -738,6 +740,17 @@ def retrain(
     help="Replay this history into the feature state first (nothing scored or stored).",
 )
 @click.option("--max-events", type=click.IntRange(1), default=None)
+@click.option(
+    "--api",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the alerts API on HOST:PORT, from the scorer's store.",
+)
+@click.option(
+    "--keep-serving",
+    is_flag=True,
+    help="With --api: keep serving after the source ends, until interrupted.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def run(
     source: str,
@@ -759,6 +772,8 @@ def run(
     rate: float,
     warm_from: str | None,
     max_events: int | None,
+    api: str | None,
+    keep_serving: bool,
     as_json: bool,
 ) -> None:
     """Score a stream: decode, features, ONNX score, rules, store.
@@ -768,6 +783,7 @@ def run(
       txfast run --source simulate --store duckdb:var/txfast.duckdb --registry var/registry
       txfast run --source file:var/stream.jsonl --warm-from var/history.parquet --json
       txfast run --source kafka --bootstrap 127.0.0.1:9092 --group txfast --topics transactions_raw
+      txfast run --source simulate --rate 2000 --api 127.0.0.1:8000 --keep-serving
 
     With --source kafka, alerts go to the alerts topic and the store exactly once, state is
     kept per partition and checkpointed, and SIGTERM drains the batch, commits and
@@ -788,6 +804,7 @@ def run(
             idle_exit,
             max_events,
             as_json,
+            api,
         )
         return
     batch = settings.pipeline.batch_size
@@ -814,6 +831,7 @@ def run(
         warmed = pipeline.warm(warm_src)
         if not as_json:
             click.echo(f"feature state warmed with {warmed:,} events from {warm_from}")
+    server = _start_api(settings, api, pipeline.store, lambda: pipeline.summary.as_dict())
     try:
         summary = pipeline.run(
             src,
@@ -821,7 +839,13 @@ def run(
             progress=None if as_json else stderr_if_tty(),
             max_events=max_events,
         )
+        if server is not None and keep_serving:
+            click.echo(f"stream done; serving {server.url} until interrupted (Ctrl-C)", err=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
     finally:
+        if server is not None:
+            server.stop()
         pipeline.store.close()
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
@@ -836,6 +860,21 @@ def run(
         click.echo(f"see the alerts: txfast alerts --store {settings.store}")
 
 
+def _start_api(settings: Settings, api: str | None, store: Any, runtime_stats: Any) -> Any:
+    """Serve the API on ``api`` (``HOST:PORT``) from ``store`` in a thread; ``None`` if unset."""
+    if not api:
+        return None
+    from txfast.api import ApiServer, create_app
+
+    host, _, port = api.rpartition(":")
+    if not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {api!r}", param_hint="--api")
+    app = create_app(settings, store=store, runtime_stats=runtime_stats)
+    server = ApiServer(app, host.strip("[]") or "127.0.0.1", int(port)).start()
+    click.echo(f"alerts API on {server.url}", err=True)
+    return server
+
+
 def _run_kafka(
     settings: Settings,
     bootstrap: str | None,
@@ -846,6 +885,7 @@ def _run_kafka(
     idle_exit: float | None,
     max_events: int | None,
     as_json: bool,
+    api: str | None = None,
 ) -> None:
     import msgspec
 
@@ -865,7 +905,12 @@ def _run_kafka(
     settings = settings.replace(kafka=msgspec.structs.replace(settings.kafka, **changes))
     scorer = KafkaScorer(settings)
     scorer.install_signal_handlers()
-    stats = scorer.run(max_messages=max_events, idle_timeout_s=idle_exit)
+    server = _start_api(settings, api, scorer.pipeline.store, lambda: scorer.stats.as_dict())
+    try:
+        stats = scorer.run(max_messages=max_events, idle_timeout_s=idle_exit)
+    finally:
+        if server is not None:
+            server.stop()
     if as_json:
         click.echo(json.dumps(stats.as_dict(), indent=2))
     else:
@@ -1190,6 +1235,16 @@ def db_prune(
     for path in result.archive:
         click.echo(f"archived to {path}")
 
+
+def _add_api_commands() -> None:
+    """`txfast serve` and `txfast keys` live with the API (imported lazily there)."""
+    from txfast.api.commands import keys, serve
+
+    main.add_command(serve, "serve")
+    main.add_command(keys, "keys")
+
+
+_add_api_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -9,26 +9,33 @@ it stores JSON (:attr:`SqlStore._JSON_TYPE`).
 from __future__ import annotations
 
 import abc
+import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from txfast.exceptions import NotFoundError, StoreError
 from txfast.store.base import (
+    LABEL_SETTLE_S,
     LABELS,
     MAX_PAGE,
     RISK_LEVELS,
+    ROLES,
     SORTS,
     STATUS_BY_LABEL,
     Alert,
     AlertPage,
     AlertQuery,
+    ApiKey,
     AuditEntry,
     Breakdown,
     DailyFalsePositives,
@@ -496,6 +503,29 @@ class SqlStore(Store):
             }
         )
 
+    def label_events(self, after: int, *, limit: int = 100_000) -> pa.Table:
+        """First labels recorded after event ``after`` (see :meth:`Store.label_events`)."""
+        if limit < 1:
+            raise StoreError(f"limit must be positive, got {limit}")
+        settled = _now() - timedelta(seconds=LABEL_SETTLE_S)
+        rows = self._read(
+            "SELECT id, card_id, merchant_id, CASE WHEN label = 'fraud' THEN 1 ELSE 0 END, "
+            "labelled_at FROM labels l WHERE id > ? AND labelled_at <= ? AND NOT EXISTS ("
+            "SELECT 1 FROM labels e WHERE e.transaction_id = l.transaction_id AND e.id < l.id"
+            ") ORDER BY id LIMIT ?",
+            [after, settled, limit],
+        )
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 5
+        return pa.table(
+            {
+                "id": pa.array(cols[0], pa.int64()),
+                "card_id": pa.array(cols[1], pa.string()),
+                "merchant_id": pa.array(cols[2], pa.string()),
+                "label": pa.array(cols[3], pa.int8()),
+                "labelled_at": pa.array(cols[4], pa.timestamp("us")),
+            }
+        )
+
     # -- alert lists and details ----------------------------------------------------------
 
     def list_alerts(
@@ -551,15 +581,16 @@ class SqlStore(Store):
     def get_transaction(self, transaction_id: str) -> TransactionDetail | None:
         """Everything stored about one transaction (see :meth:`Store.get_transaction`)."""
         rows = self._read(
-            f"SELECT {_TX_COLUMNS}, rules, status, explanation, feature_version, features, label "
-            "FROM alerts WHERE transaction_id = ?",
+            f"SELECT {_TX_COLUMNS}, rules, status, explanation, feature_version, features, label, "
+            "shadow_score, shadow_model_version FROM alerts WHERE transaction_id = ?",
             [transaction_id],
         )
         is_alert = bool(rows)
         if not rows:
             rows = self._read(
-                f"SELECT {_TX_COLUMNS}, NULL, NULL, NULL, NULL, NULL, NULL "
-                "FROM transactions WHERE transaction_id = ? LIMIT 1",
+                f"SELECT {_TX_COLUMNS}, NULL, NULL, NULL, NULL, NULL, NULL, "
+                "shadow_score, shadow_model_version FROM transactions "
+                "WHERE transaction_id = ? LIMIT 1",
                 [transaction_id],
             )
         if not rows:
@@ -615,6 +646,8 @@ class SqlStore(Store):
             label=label,
             labels=labels,
             audit=audit,
+            shadow_score=None if r[22] is None else _f32(r[22]),
+            shadow_model_version=r[23],
         )
 
     def _feature_names(self, model_version: str, feature_version: str | None, n: int) -> list[str]:
@@ -628,6 +661,87 @@ class SqlStore(Store):
         if feature_version == FEATURE_VERSION and len(DEFAULT_FEATURE_NAMES) == n:
             return list(DEFAULT_FEATURE_NAMES)
         return [f"f{i}" for i in range(n)]
+
+    # -- the live feed ----------------------------------------------------------------------
+
+    def alerts_since(
+        self, since: datetime, *, after_id: str | None = None, limit: int = 1000
+    ) -> list[Alert]:
+        """Alerts by creation time, oldest first (see :meth:`Store.alerts_since`)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise StoreError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        lo = to_utc_naive(since)
+        where = "created_at >= ?"
+        params: list[Any] = [lo]
+        if after_id is not None:
+            where += " AND (created_at, transaction_id) > (CAST(? AS TIMESTAMP), ?)"
+            params += [lo, after_id]
+        rows = self._read(
+            f"SELECT {_ALERT_LIST_COLUMNS} FROM alerts WHERE {where} "
+            "ORDER BY created_at, transaction_id LIMIT ?",
+            [*params, limit],
+        )
+        return [_alert(r) for r in rows]
+
+    def latest_alert_time(self) -> datetime | None:
+        """The creation time of the newest alert (see :meth:`Store.latest_alert_time`)."""
+        rows = self._read("SELECT max(created_at) FROM alerts")
+        return utc(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def ping(self) -> None:
+        """Run ``SELECT 1`` (see :meth:`Store.ping`)."""
+        self._read("SELECT 1")
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_api_key(self, name: str, role: str, *, actor: str = "txfast") -> tuple[int, str]:
+        """Create an API key (see :meth:`Store.create_api_key`)."""
+        if role not in ROLES:
+            raise StoreError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        name = (name or "").strip()
+        if not name or len(name) > 100 or any(not c.isprintable() for c in name):
+            raise StoreError("an API key needs a name of 1 to 100 printable characters")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._writing("creating an API key in") as ex:
+            if ex("SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", [name]):
+                raise StoreError(f"an active API key is already named {name!r}; revoke it first")
+            rows = ex(
+                "INSERT INTO api_keys (name, role, token_sha256, prefix, created_at, created_by) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                [name, role, _token_digest(token), token[:_SHOWN], _now(), actor],
+            )
+            key_id = int(rows[0][0])
+            details = {"name": name, "role": role}
+            self._audit(ex, actor, "api_key.create", f"api_key:{key_id}", details)
+        return key_id, token
+
+    def lookup_api_key(self, token: str) -> ApiKey | None:
+        """The key of a token (see :meth:`Store.lookup_api_key`)."""
+        if not token or len(token) > 512:
+            return None
+        digest = _token_digest(token)
+        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE token_sha256 = ?", [digest])
+        if not rows or not hmac.compare_digest(str(rows[0][-1]), digest):
+            return None
+        return _api_key(rows[0])
+
+    def revoke_api_key(self, key_id: int, *, actor: str = "txfast") -> ApiKey:
+        """Revoke a key (see :meth:`Store.revoke_api_key`)."""
+        with self._writing("revoking an API key in") as ex:
+            rows = ex(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", [int(key_id)])
+            if not rows:
+                raise NotFoundError(f"no API key {key_id} in {self.url}")
+            key = _api_key(rows[0])
+            if key.revoked_at is None:
+                now = _now()
+                ex("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [now, int(key_id)])
+                key = msgspec.structs.replace(key, revoked_at=utc(now))
+                self._audit(ex, actor, "api_key.revoke", f"api_key:{key.id}", {"name": key.name})
+        return key
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, oldest first (see :meth:`Store.list_api_keys`)."""
+        return [_api_key(r) for r in self._read(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY id")]
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -798,6 +912,32 @@ def _alert(r: tuple[Any, ...]) -> Alert:
         status=r[16],
         label=_label_name(r[17]),
         created_at=utc(r[18]),
+    )
+
+
+TOKEN_PREFIX = "txf_"
+"""Start of every API token (recognisable in logs and secret scanners)."""
+
+_SHOWN = 10
+"""Characters of a token kept in clear (:attr:`ApiKey.prefix`): the prefix and six more."""
+
+_KEY_COLUMNS = "id, name, role, prefix, created_at, created_by, revoked_at, token_sha256"
+
+
+def _token_digest(token: str) -> str:
+    """The stored form of a token: its SHA-256, hex (the token holds 256 random bits)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _api_key(r: tuple[Any, ...]) -> ApiKey:
+    return ApiKey(
+        id=int(r[0]),
+        name=r[1],
+        role=r[2],
+        prefix=r[3],
+        created_at=utc(r[4]),
+        created_by=r[5],
+        revoked_at=None if r[6] is None else utc(r[6]),
     )
 
 

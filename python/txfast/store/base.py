@@ -28,14 +28,18 @@ from txfast.decode import Rejected
 from txfast.exceptions import InvalidCursorError, StoreError
 
 __all__ = [
+    "LABEL_SETTLE_S",
     "ACTIONS",
     "LABELS",
     "RISK_LEVELS",
+    "ROLES",
     "SORTS",
+    "STATUSES",
     "STATUS_BY_LABEL",
     "Alert",
     "AlertPage",
     "AlertQuery",
+    "ApiKey",
     "AuditEntry",
     "Breakdown",
     "DailyFalsePositives",
@@ -66,10 +70,20 @@ LABELS = ("fraud", "legit")
 STATUS_BY_LABEL = {"fraud": "confirmed_fraud", "legit": "false_positive"}
 """The status an alert takes when it is labelled."""
 
+STATUSES = ("open", *STATUS_BY_LABEL.values())
+"""Alert statuses: ``open`` until an analyst labels it."""
+
+ROLES = ("viewer", "analyst", "admin")
+"""API key roles, least privileged first: viewers read, analysts also label, admins also
+promote models and manage keys."""
+
 SORTS = ("time", "score")
 """Alert list orders: newest first, or highest score first."""
 
 MAX_PAGE = 10_000
+
+LABEL_SETTLE_S = 2.0
+"""Age a label must reach before :meth:`Store.label_events` hands it out (commit order)."""
 """Largest ``limit`` of one alert page."""
 
 
@@ -209,6 +223,8 @@ class TransactionDetail(msgspec.Struct, frozen=True, kw_only=True):
         label: The latest analyst label (``fraud`` or ``legit``), else ``None``.
         labels: Every label given, oldest first.
         audit: Audit entries about this transaction, oldest first.
+        shadow_score: The shadow (challenger) model's score, when one scored it.
+        shadow_model_version: The shadow model's version, when one scored it.
     """
 
     transaction_id: str
@@ -236,6 +252,35 @@ class TransactionDetail(msgspec.Struct, frozen=True, kw_only=True):
     label: str | None
     labels: list[LabelRecord]
     audit: list[AuditEntry]
+    shadow_score: float | None = None
+    shadow_model_version: str | None = None
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """An API key as stored (its token is never stored, only the token's SHA-256).
+
+    Attributes:
+        id: The key's id (``txfast keys revoke ID``).
+        name: Who or what uses it; the actor of the audit entries written with it.
+        role: ``viewer``, ``analyst`` or ``admin`` (see :data:`ROLES`).
+        prefix: The token's first characters, to recognise it without revealing it.
+        created_at: When it was created.
+        created_by: Who created it.
+        revoked_at: When it was revoked, else ``None``.
+    """
+
+    id: int
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the key was revoked (a revoked key authenticates nothing)."""
+        return self.revoked_at is not None
 
 
 class ModelVersion(msgspec.Struct, frozen=True, kw_only=True):
@@ -537,6 +582,20 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def label_events(self, after: int, *, limit: int = 100_000) -> pa.Table:
+        """Label events for the live feature state, in the order they were recorded.
+
+        Each transaction's *first* label only (a correction is not a second event), with a
+        store id above ``after``, recorded at least :data:`LABEL_SETTLE_S` seconds ago: ids
+        are assigned before commit, so a label committing late could otherwise appear
+        behind a cursor that already passed its id.
+
+        Returns:
+            Columns ``id`` (int64, ascending), ``card_id``, ``merchant_id``, ``label``
+            (int8: 1 fraud, 0 legit), ``labelled_at``; at most ``limit`` rows.
+        """
+
+    @abc.abstractmethod
     def stats(self, since: datetime, until: datetime, *, top_merchants: int = 10) -> Stats:
         """Dashboard statistics for ``[since, until)``, read from rollup tables.
 
@@ -563,6 +622,71 @@ class Store(abc.ABC):
         limit: int = 100,
     ) -> list[AuditEntry]:
         """Audit entries matching every filter given, newest first."""
+
+    @abc.abstractmethod
+    def alerts_since(
+        self, since: datetime, *, after_id: str | None = None, limit: int = 1000
+    ) -> list[Alert]:
+        """Alerts by creation time (when they were stored), oldest first: the live feed.
+
+        Args:
+            since: Alerts created at or after this time.
+            after_id: With it, only alerts after ``(since, after_id)`` in
+                ``(created_at, transaction_id)`` order (the next page of a full one).
+            limit: Most alerts returned (1–10,000).
+        """
+
+    @abc.abstractmethod
+    def latest_alert_time(self) -> datetime | None:
+        """The creation time of the newest alert, or ``None`` when there is none."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Check that the store answers a trivial query.
+
+        Raises:
+            StoreError: If it does not (closed, unreachable).
+        """
+
+    # -- API keys -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_api_key(self, name: str, role: str, *, actor: str = "txfast") -> tuple[int, str]:
+        """Create an API key, with an audit entry.
+
+        The token is random (32 bytes from :mod:`secrets`); only its SHA-256 is stored, so it
+        is returned here once and can never be shown again.
+
+        Args:
+            name: Who or what uses it; unique among the keys not revoked.
+            role: ``viewer``, ``analyst`` or ``admin``.
+            actor: Who creates it (audit).
+
+        Returns:
+            The key's id and its token.
+
+        Raises:
+            StoreError: For an unknown role, an empty name or one taken by an active key.
+        """
+
+    @abc.abstractmethod
+    def lookup_api_key(self, token: str) -> ApiKey | None:
+        """The key a token belongs to (revoked or not), or ``None`` for an unknown token."""
+
+    @abc.abstractmethod
+    def revoke_api_key(self, key_id: int, *, actor: str = "txfast") -> ApiKey:
+        """Revoke a key (idempotent), with an audit entry.
+
+        Returns:
+            The key, revoked.
+
+        Raises:
+            NotFoundError: If there is no such key.
+        """
+
+    @abc.abstractmethod
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
 
     @abc.abstractmethod
     def count(self, table: str) -> int:

@@ -51,7 +51,7 @@ __all__ = ["SCHEMA_VERSION", "DuckDBStore"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TX_COLUMNS_DDL = """
     transaction_id VARCHAR {pk},
@@ -160,6 +160,26 @@ _MIGRATIONS: dict[int, list[str]] = {
         GROUP BY model_version""",
         *rollup_ddl("DOUBLE"),
         *ROLLUP_BACKFILL,
+    ],
+    3: [
+        # A shadow (challenger) model's score, next to the champion's; NULL when none ran.
+        "ALTER TABLE transactions ADD COLUMN shadow_score FLOAT",
+        "ALTER TABLE transactions ADD COLUMN shadow_model_version VARCHAR",
+        "ALTER TABLE alerts ADD COLUMN shadow_score FLOAT",
+        "ALTER TABLE alerts ADD COLUMN shadow_model_version VARCHAR",
+        # API keys: only the token's SHA-256 is stored. The live feed reads alerts by
+        # created_at, which the zone maps serve (alerts are appended in that order).
+        "CREATE SEQUENCE api_keys_id",
+        """CREATE TABLE api_keys (
+            id BIGINT PRIMARY KEY DEFAULT nextval('api_keys_id'),
+            name VARCHAR NOT NULL,
+            role VARCHAR NOT NULL CHECK (role IN ('viewer', 'analyst', 'admin')),
+            token_sha256 VARCHAR NOT NULL UNIQUE,
+            prefix VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            created_by VARCHAR NOT NULL,
+            revoked_at TIMESTAMP
+        )""",
     ],
 }
 

@@ -57,7 +57,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = ("alerts", "transactions", "dead_letters")
 
@@ -189,6 +189,26 @@ _MIGRATIONS[2] = [
     "INCLUDE (merchant_id, alerts) WHERE alerts > 0",
     "CREATE INDEX stats_merchant_daily_merchant ON stats_merchant_daily (merchant_id, day)",
     *ROLLUP_BACKFILL,
+]
+_MIGRATIONS[3] = [
+    # A shadow (challenger) model's score, next to the champion's; NULL when none ran. Adding
+    # nullable columns without a default rewrites nothing.
+    "ALTER TABLE transactions ADD COLUMN shadow_score REAL, ADD COLUMN shadow_model_version TEXT",
+    "ALTER TABLE alerts ADD COLUMN shadow_score REAL, ADD COLUMN shadow_model_version TEXT",
+    # The live feed (GET /alerts/stream) polls the alerts created since the last poll.
+    "CREATE INDEX alerts_created ON alerts (created_at)",
+    # API keys: only the token's SHA-256 is stored; one active key per name.
+    """CREATE TABLE api_keys (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'analyst', 'admin')),
+        token_sha256 TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_at TIMESTAMP
+    )""",
+    "CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL",
 ]
 
 _CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
@@ -699,6 +719,8 @@ _TX_ARCHIVE_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("label", pa.int8()),
         ("scored_at", pa.timestamp("us")),
+        ("shadow_score", pa.float32()),
+        ("shadow_model_version", pa.string()),
     ]
 )
 """Archived transactions: the same types as the DuckDB store's Parquet archive."""

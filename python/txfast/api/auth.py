@@ -1,0 +1,91 @@
+"""API keys: ``Authorization: Bearer <token>`` authenticates, roles authorise.
+
+The authentication middleware looks the token up in the store (its SHA-256, compared in
+constant time; see :meth:`txfast.store.Store.lookup_api_key`) and sets ``request.user`` to
+the :class:`~txfast.store.ApiKey`; a missing, unknown or revoked key is a 401. Route guards
+(:func:`requires`) then check the key's role: a viewer reads, an analyst also labels, an
+admin also promotes models and manages keys; a lower role is a 403.
+
+Routes marked ``opt={"exclude_from_auth": True}`` (health, readiness, metrics) and the
+OpenAPI schema need no key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from txfast.store import ApiKey
+from txfast.store.base import ROLES
+
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+    from litestar.handlers import BaseRouteHandler
+
+    from txfast.api.context import ApiContext
+
+__all__ = ["EXCLUDE_FROM_AUTH", "ApiKeyAuth", "requires"]
+
+EXCLUDE_FROM_AUTH = {"exclude_from_auth": True}
+"""Route ``opt`` of the routes that need no key."""
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="txfast"'}
+
+_RANK = {role: i for i, role in enumerate(ROLES)}
+
+
+class ApiKeyAuth(AbstractAuthenticationMiddleware):
+    """Authenticates ``Authorization: Bearer <token>`` against the store's API keys."""
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        """The key of the request's bearer token.
+
+        Raises:
+            NotAuthorizedException: Without a bearer token, or for an unknown or revoked one.
+        """
+        header = connection.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if not header:
+            raise NotAuthorizedException(
+                "missing API key: send the header 'Authorization: Bearer <token>'",
+                headers=_CHALLENGE,
+            )
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthorizedException(
+                "malformed Authorization header: use 'Bearer <token>'", headers=_CHALLENGE
+            )
+        ctx: ApiContext = connection.app.state["ctx"]
+        store = ctx.require_store()
+        key = await anyio.to_thread.run_sync(store.lookup_api_key, token)
+        if key is None:
+            raise NotAuthorizedException("invalid API key", headers=_CHALLENGE)
+        if key.revoked:
+            raise NotAuthorizedException("revoked API key", headers=_CHALLENGE)
+        return AuthenticationResult(user=key, auth=None)
+
+
+def requires(role: str) -> Any:
+    """A route guard letting through keys of ``role`` or a higher one.
+
+    Args:
+        role: ``viewer``, ``analyst`` or ``admin``.
+    """
+    if role not in _RANK:
+        raise ValueError(f"unknown role {role!r}")
+    needed = _RANK[role]
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        key = connection.user
+        if not isinstance(key, ApiKey):  # a route excluded from authentication
+            raise NotAuthorizedException("missing API key", headers=_CHALLENGE)
+        if _RANK.get(key.role, -1) < needed:
+            raise PermissionDeniedException(
+                f"this needs the {role} role; key {key.name!r} has the {key.role} role"
+            )
+
+    guard.__name__ = f"requires_{role}"
+    return guard

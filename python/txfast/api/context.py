@@ -1,0 +1,75 @@
+"""What every request handler gets as ``ctx``: the store, the registry and the app's parts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar.di import NamedDependency
+
+from txfast.api.metrics import ApiMetrics
+from txfast.api.stream import AlertBroadcaster
+from txfast.config import Settings
+from txfast.exceptions import StoreError
+from txfast.registry import Registry
+from txfast.store import Store
+
+__all__ = ["ApiContext", "Ctx", "RuntimeStats"]
+
+RuntimeStats = Callable[[], Mapping[str, Any]]
+"""Returns the scorer's throughput and latency figures (JSON values) for ``GET /stats``."""
+
+
+@dataclass(eq=False)
+class ApiContext:
+    """The app's state, shared by its handlers (one per app).
+
+    Attributes:
+        settings: The settings the app was made with.
+        registry: The model registry (``settings.registry`` unless given).
+        store: The store, once open (the app opens ``settings.store`` at startup unless one
+            was given, and then closes it at shutdown).
+        metrics: The API's Prometheus metrics.
+        runtime_stats: The scorer's runtime figures when the API runs inside it.
+        keepalive_s: Seconds between keep-alive comments of a quiet event stream.
+        poll_interval_s: Seconds between the event stream's store polls.
+    """
+
+    settings: Settings
+    registry: Registry
+    store: Store | None = None
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    runtime_stats: RuntimeStats | None = None
+    keepalive_s: float = 15.0
+    poll_interval_s: float = 0.25
+    _broadcaster: AlertBroadcaster | None = None
+
+    def require_store(self) -> Store:
+        """The open store.
+
+        Raises:
+            StoreError: Before startup or after shutdown.
+        """
+        if self.store is None:
+            raise StoreError("the store is not open")
+        return self.store
+
+    @property
+    def broadcaster(self) -> AlertBroadcaster:
+        """The live feed's poller (made on first use)."""
+        if self._broadcaster is None:
+            self._broadcaster = AlertBroadcaster(
+                self.require_store(), interval=self.poll_interval_s
+            )
+        return self._broadcaster
+
+    async def close_stream(self) -> None:
+        """End the live feed's subscriptions (at shutdown)."""
+        if self._broadcaster is not None:
+            await self._broadcaster.close()
+            self._broadcaster = None
+
+
+Ctx = NamedDependency[ApiContext]
+"""The handlers' ``ctx`` parameter: the app's :class:`ApiContext`, injected by name."""

@@ -1,0 +1,100 @@
+"""`txfast run … --api`: the scorer serves the alerts API from its own store, in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, token: str) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_run_serves_the_api_while_scoring_and_after(registry: Path, tmp_path: Path) -> None:
+    store = f"duckdb:{tmp_path / 'run.duckdb'}"
+    txfast = [sys.executable, "-m", "txfast.cli"]
+    created = subprocess.run(
+        [
+            *txfast,
+            "keys",
+            "create",
+            "--role",
+            "analyst",
+            "--name",
+            "ana",
+            "--store",
+            store,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = json.loads(created.stdout)["token"]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            *txfast,
+            "run",
+            "--source",
+            "simulate",
+            "--cards",
+            "300",
+            "--days",
+            "2",
+            "--store",
+            store,
+            "--registry",
+            str(registry),
+            "--api",
+            f"127.0.0.1:{port}",
+            "--keep-serving",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "until interrupted" in line or not line:
+                break
+        assert any("until interrupted" in ln for ln in lines), "".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        page = _get(f"{base}/alerts?limit=5", token)
+        assert 0 < len(page["items"]) <= 5
+        tx = page["items"][0]["transaction_id"]
+        detail = _get(f"{base}/alerts/{tx}", token)
+        assert detail["transaction_id"] == tx
+        explanation = detail["explanation"]
+        if isinstance(explanation, str):
+            explanation = json.loads(explanation)
+        assert explanation["top"], "alerts carry their explanation"
+        stats = _get(f"{base}/stats?days=3650", token)
+        assert stats["runtime"]["events"] > 0, "the scorer's own figures"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
