@@ -98,6 +98,7 @@ class FeatureSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     merchant_label_windows: list[str] = msgspec.field(default_factory=lambda: ["7d", "30d"])
     card_label_windows: list[str] = msgspec.field(default_factory=lambda: ["30d"])
     label_delay: str = "7d"
+    label_poll: str = "5s"  # online: how often new labels are read from the store
 
 
 class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -364,6 +365,7 @@ def _check(s: Settings) -> None:
     parse_duration_ms(s.features.allowed_lateness)
     for w in (*s.features.merchant_label_windows, *s.features.card_label_windows):
         parse_duration_ms(w)
+    parse_duration_ms(s.features.label_poll)
     if parse_duration_ms(s.features.label_delay) <= 0:
         raise ConfigError("features.label_delay must be positive (a label is known after its t)")
     if s.retention.days is not None and s.retention.days <= 0:

@@ -16,10 +16,11 @@ from typing import TextIO
 import numpy as np
 import pyarrow as pa
 
-from txfast.config import Settings
+from txfast.config import Settings, parse_duration_ms
 from txfast.decode import DecodedBatch, Decoder, Rejected
 from txfast.exceptions import StoreError
 from txfast.features import FeatureEngine, engine_from_settings
+from txfast.labels import LabelBatch, poll_labels
 from txfast.rules import LEVELS, Decisions, RuleEngine
 from txfast.scoring import Scorer
 from txfast.sources import SourceBatch
@@ -67,6 +68,7 @@ class RunSummary:
     alerts: int = 0
     batches: int = 0
     store_retries: int = 0
+    labels_fed: int = 0
     seconds: float = 0.0
     by_risk: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -87,6 +89,7 @@ class RunSummary:
             "alerts": self.alerts,
             "batches": self.batches,
             "store_retries": self.store_retries,
+            "labels_fed": self.labels_fed,
             "seconds": round(self.seconds, 3),
             "tx_per_s": round(self.tx_per_s, 1),
             "by_risk": self.by_risk,
@@ -122,6 +125,9 @@ class Pipeline:
         self.feature_names = list(self.engine.feature_names)
         self.rules = RuleEngine(settings.risk, settings.rules, self.feature_names)
         self.summary = RunSummary(model_version=scorer.model_version, store=store.url)
+        self.label_cursor = 0  # the last store label event given to the engine
+        self._label_poll_s = parse_duration_ms(settings.features.label_poll) / 1000
+        self._next_label_poll = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -144,6 +150,7 @@ class Pipeline:
         # Between batches: follow the champion pointer, so each batch is scored by one model.
         if self.scorer.reload_if_changed():
             self.summary.model_version = self.scorer.model_version
+        self.poll_labels()
         decoded = batch.decode(self.decoder)
         if batch.position:
             rejected = [
@@ -157,6 +164,40 @@ class Pipeline:
         else:
             features = np.zeros((0, len(self.feature_names)), dtype=np.float32)
         return self.finish(decoded, features, rejected, source)
+
+    def fetch_labels(self, after: int, *, force: bool = False) -> LabelBatch | None:
+        """New label events in the store after event ``after``, at most every ``label_poll``.
+
+        ``None`` when label features are off, it is not time to poll yet, or the store is
+        unreachable (logged; the next poll tries again).
+        """
+        if not self.engine.labels_enabled:
+            return None
+        now = time.monotonic()
+        if not force and now < self._next_label_poll:
+            return None
+        self._next_label_poll = now + self._label_poll_s
+        try:
+            return poll_labels(self.store, after)
+        except StoreError as e:
+            log.warning("labels not polled (store unavailable), retrying later: %s", e)
+            return None
+
+    def poll_labels(self, *, force: bool = False) -> int:
+        """Feed the engine the labels recorded in the store since the last poll.
+
+        Called before every batch; polls at most every ``[features] label_poll`` unless
+        ``force``. Returns the number of labels fed (see :mod:`txfast.labels`).
+        """
+        fed = 0
+        while (batch := self.fetch_labels(self.label_cursor, force=force)) is not None:
+            if not len(batch):
+                break
+            fed += batch.feed(self.engine, self.label_cursor)
+            self.label_cursor = batch.cursor
+            force = True  # a full page: there may be more
+        self.summary.labels_fed += fed
+        return fed
 
     def finish(
         self,
@@ -217,6 +258,7 @@ class Pipeline:
             scored.model_version,
             alert_rows,
             explanations,
+            None if scored.shadow_score is None else (scored.shadow_score, scored.shadow_version),
         )
         return BatchResult(decoded, features, scores, decisions, stored)
 
@@ -267,6 +309,7 @@ class Pipeline:
         model_version: str,
         rows: np.ndarray,
         explanations: pa.Array | None,
+        shadow: tuple[np.ndarray, str | None] | None = None,
     ) -> ScoredBatch:
         c = decoded.columns
         n = len(decoded)
@@ -290,6 +333,9 @@ class Pipeline:
             "action": d.action_names(),
             "model_version": pa.repeat(pa.scalar(model_version), n),
         }
+        if shadow is not None:  # a challenger scored in shadow: stored, never acting
+            common["shadow_score"] = pa.array(shadow[0], type=pa.float32())
+            common["shadow_model_version"] = pa.repeat(pa.scalar(shadow[1], pa.string()), n)
         tx = pa.table(
             {
                 **common,

@@ -56,15 +56,15 @@ __all__ = ["CheckpointDir", "KafkaScorer", "StreamStats"]
 log = logging.getLogger("txfast.streaming")
 
 _CKPT_MAGIC = b"TXCK"
-_CKPT_VERSION = 1
+_CKPT_VERSION = 2  # 2 added the label cursor; 1 still loads (cursor 0)
 
 
 class CheckpointDir:
     """Per-partition state checkpoints as files, replaced atomically.
 
-    ``<root>/<group>/<topic>-<partition>.ckpt`` holds the engine snapshot and the offset of
-    the next message it has not seen. Processes of one group on one host share the directory;
-    across hosts, put it on shared storage.
+    ``<root>/<group>/<topic>-<partition>.ckpt`` holds the engine snapshot, the offset of
+    the next message it has not seen and the last store label event it was given. Processes
+    of one group on one host share the directory; across hosts, put it on shared storage.
     """
 
     def __init__(self, root: str | os.PathLike[str], group: str) -> None:
@@ -74,9 +74,13 @@ class CheckpointDir:
     def _path(self, topic: str, partition: int) -> Path:
         return self.dir / f"{topic}-{partition}.ckpt"
 
-    def save(self, topic: str, partition: int, offset: int, snapshot: bytes) -> None:
+    def save(
+        self, topic: str, partition: int, offset: int, snapshot: bytes, label_cursor: int = 0
+    ) -> None:
         """Write a checkpoint (temp file, fsync, rename: never a torn file)."""
-        header = _CKPT_MAGIC + struct.pack("<IqI", _CKPT_VERSION, offset, zlib.crc32(snapshot))
+        header = _CKPT_MAGIC + struct.pack(
+            "<IqqI", _CKPT_VERSION, offset, label_cursor, zlib.crc32(snapshot)
+        )
         path = self._path(topic, partition)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as f:
@@ -86,20 +90,27 @@ class CheckpointDir:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def load(self, topic: str, partition: int) -> tuple[int, bytes] | None:
-        """The latest checkpoint ``(offset, snapshot)``, or ``None`` when there is none."""
+    def load(self, topic: str, partition: int) -> tuple[int, bytes, int] | None:
+        """The latest checkpoint ``(offset, snapshot, label_cursor)``, or ``None``."""
         path = self._path(topic, partition)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        if len(data) < 20 or data[:4] != _CKPT_MAGIC:
+        if len(data) < 8 or data[:4] != _CKPT_MAGIC:
             raise SnapshotError(f"checkpoint {path} is not a txfast checkpoint")
-        version, offset, crc = struct.unpack("<IqI", data[4:20])
-        snapshot = data[20:]
-        if version != _CKPT_VERSION or zlib.crc32(snapshot) != crc:
-            raise SnapshotError(f"checkpoint {path} is corrupted or of version {version}")
-        return offset, snapshot
+        (version,) = struct.unpack("<I", data[4:8])
+        if version == 1 and len(data) >= 20:
+            _, offset, crc = struct.unpack("<IqI", data[4:20])
+            cursor, snapshot = 0, data[20:]
+        elif version == 2 and len(data) >= 28:
+            _, offset, cursor, crc = struct.unpack("<IqqI", data[4:28])
+            snapshot = data[28:]
+        else:
+            raise SnapshotError(f"checkpoint {path} has unknown version {version} or is torn")
+        if zlib.crc32(snapshot) != crc:
+            raise SnapshotError(f"checkpoint {path} is corrupted")
+        return offset, snapshot, cursor
 
 
 @dataclass
@@ -114,6 +125,7 @@ class _Partition:
     position: int  # next offset this engine has not seen
     committed: int  # next offset whose results are not committed yet
     checkpointed: int  # offset of the latest checkpoint written
+    label_cursor: int = 0  # the last store label event given to the engine
 
 
 @dataclass
@@ -156,6 +168,7 @@ class StreamStats:
     recoveries: int = 0
     checkpoints: int = 0
     restores: int = 0
+    labels_fed: int = 0  # store label events given to partition engines
     seconds: float = 0.0
     first_message_s: float | None = None  # when the first message arrived, from the start
     model_version: str = ""
@@ -552,8 +565,9 @@ class KafkaScorer:
                 held.replay_until = c
                 continue
             ckpt = ckpts[key]
+            cursor = 0
             if ckpt is not None and ckpt[0] <= c:
-                offset, snap = ckpt
+                offset, snap, cursor = ckpt
                 engine = FeatureEngine.from_snapshot(snap)
                 self.stats.restores += 1
                 log.info("restored %s[%d] at offset %d (committed %d)", *key, offset, c)
@@ -566,7 +580,7 @@ class KafkaScorer:
                     None if ckpt is None else ckpt[0],
                     c,
                 )
-            self.partitions[key] = _Partition(engine, c, offset, offset, offset)
+            self.partitions[key] = _Partition(engine, c, offset, offset, offset, cursor)
             start.append(
                 TopicPartition(tp.topic, tp.partition, offset if offset > 0 else OFFSET_BEGINNING)
             )
@@ -588,7 +602,9 @@ class KafkaScorer:
         if part.position != part.committed or part.position == part.checkpointed:
             return
         c0 = time.perf_counter()
-        self.checkpoints.save(key[0], key[1], part.position, part.engine.snapshot())
+        self.checkpoints.save(
+            key[0], key[1], part.position, part.engine.snapshot(), part.label_cursor
+        )
         self.stats.stage_s["checkpoint"] += time.perf_counter() - c0
         part.checkpointed = part.position
         self.stats.checkpoints += 1
@@ -633,6 +649,7 @@ class KafkaScorer:
         if pipe.scorer.reload_if_changed():
             self.stats.model_version = pipe.scorer.model_version
         decoded = pipe.decoder.decode(payloads)
+        self._feed_labels()
         t1 = time.perf_counter()
         stage["decode"] += t1 - t0
         accepted_idx = decoded.columns["index"].astype(np.int64)
@@ -680,6 +697,24 @@ class KafkaScorer:
         result = pipe.decide(live_decoded, features[live_acc], rejected, "kafka")
         stage["decide"] += time.perf_counter() - t2
         self._submit(_Pending(result, rejected, next_offsets, good))
+
+    def _feed_labels(self) -> None:
+        """Give every partition's engine the store labels it has not seen (see txfast.labels).
+
+        Card labels go to every partition (only the card's own has its windows) and
+        merchant labels too, since merchant state is kept per partition.
+        """
+        if not self.partitions:
+            return
+        after = min(p.label_cursor for p in self.partitions.values())
+        force = False
+        while (batch := self.pipeline.fetch_labels(after, force=force)) is not None:
+            if not len(batch):
+                return
+            for part in self.partitions.values():
+                self.stats.labels_fed += batch.feed(part.engine, part.label_cursor)
+                part.label_cursor = max(part.label_cursor, batch.cursor)
+            after, force = batch.cursor, True
 
     def _abort(self) -> None:
         """Abort the open transaction, if any, retrying while the cluster is unreachable."""
