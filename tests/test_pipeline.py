@@ -246,3 +246,54 @@ def test_promoting_a_model_during_a_run_drops_and_doubles_nothing(
         want = (only_v1 if version == "v1" else only_v2)[tx][0]
         assert score == pytest.approx(want, abs=1e-6), f"{tx} scored by {version} exactly once"
     assert Registry(root).champion_version("default") == "v2"
+
+
+def test_a_shadow_challenger_is_stored_beside_the_champion_and_never_acts(
+    history: Path, stream_events, registry: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from txfast.history import replay_features
+    from txfast.registry import Registry
+    from txfast.training.isolation_forest import train_isolation_forest
+
+    root = tmp_path / "registry"
+    shutil.copytree(registry, root)
+    fs = replay_features(load_settings(env={}), history)
+    challenger = train_isolation_forest(
+        fs.X, fs.feature_names, fs.feature_version, n_estimators=30, seed=5
+    )
+    assert challenger.register(root).version == "v2"
+    stream = tmp_path / "stream.jsonl"
+    stream.write_bytes(b"\n".join(stream_events) + b"\n")
+
+    def run(name: str) -> dict:
+        s = load_settings(
+            env={}, overrides={"store": f"duckdb:{tmp_path / name}", "registry": str(root)}
+        )
+        pipe = Pipeline.from_settings(s)
+        try:
+            pipe.run(FileSource(stream, batch_size=1000), source="s")
+            rows = pipe.store.query(
+                "SELECT transaction_id, score, risk_level, action, model_version, shadow_score,"
+                " shadow_model_version FROM transactions"
+            )
+            alerts = pipe.store.query("SELECT transaction_id, shadow_score FROM alerts")
+        finally:
+            pipe.store.close()
+        return {"tx": {r[0]: r[1:] for r in rows}, "alerts": dict(alerts)}
+
+    plain = run("plain.duckdb")
+    Registry(root).set_challenger("default", "v2")
+    shadowed = run("shadow.duckdb")
+    Registry(root).promote("default", "v2")
+    as_champion = run("v2.duckdb")
+
+    assert plain["tx"].keys() == shadowed["tx"].keys() == as_champion["tx"].keys()
+    for tx, (score, risk, action, version, shadow, shadow_version) in shadowed["tx"].items():
+        assert (score, risk, action, version) == plain["tx"][tx][:4], "the shadow never acts"
+        assert plain["tx"][tx][4] is None
+        assert shadow_version == "v2"
+        assert shadow == pytest.approx(as_champion["tx"][tx][0], abs=1e-6)
+    assert shadowed["alerts"].keys() == plain["alerts"].keys()
+    assert all(v is not None for v in shadowed["alerts"].values())
