@@ -751,6 +751,13 @@ def retrain(
     is_flag=True,
     help="With --api: keep serving after the source ends, until interrupted.",
 )
+@click.option(
+    "--metrics",
+    "metrics_addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the scorer's Prometheus metrics on HOST:PORT (/metrics).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def run(
     source: str,
@@ -774,6 +781,7 @@ def run(
     max_events: int | None,
     api: str | None,
     keep_serving: bool,
+    metrics_addr: str | None,
     as_json: bool,
 ) -> None:
     """Score a stream: decode, features, ONNX score, rules, store.
@@ -805,6 +813,7 @@ def run(
             max_events,
             as_json,
             api,
+            metrics_addr,
         )
         return
     batch = settings.pipeline.batch_size
@@ -832,6 +841,7 @@ def run(
         if not as_json:
             click.echo(f"feature state warmed with {warmed:,} events from {warm_from}")
     server = _start_api(settings, api, pipeline.store, lambda: pipeline.summary.as_dict())
+    _start_metrics(metrics_addr, pipeline)
     try:
         summary = pipeline.run(
             src,
@@ -875,6 +885,24 @@ def _start_api(settings: Settings, api: str | None, store: Any, runtime_stats: A
     return server
 
 
+def _start_metrics(addr: str | None, pipeline: Any) -> None:
+    """Serve ``pipeline``'s Prometheus metrics on ``addr`` (``HOST:PORT``) in a thread."""
+    if not addr:
+        return
+    if pipeline.metrics is None:
+        raise click.UsageError("--metrics needs [metrics] enabled = true")
+    from prometheus_client import start_http_server
+
+    host, _, port = addr.rpartition(":")
+    if not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {addr!r}", param_hint="--metrics")
+    try:
+        start_http_server(int(port), host.strip("[]") or "127.0.0.1", pipeline.metrics.registry)
+    except OSError as e:
+        raise click.ClickException(f"the metrics cannot listen on {addr}: {e}") from e
+    click.echo(f"metrics on http://{host or '127.0.0.1'}:{port}/metrics", err=True)
+
+
 def _run_kafka(
     settings: Settings,
     bootstrap: str | None,
@@ -886,6 +914,7 @@ def _run_kafka(
     max_events: int | None,
     as_json: bool,
     api: str | None = None,
+    metrics_addr: str | None = None,
 ) -> None:
     import msgspec
 
@@ -906,6 +935,7 @@ def _run_kafka(
     scorer = KafkaScorer(settings)
     scorer.install_signal_handlers()
     server = _start_api(settings, api, scorer.pipeline.store, lambda: scorer.stats.as_dict())
+    _start_metrics(metrics_addr, scorer.pipeline)
     try:
         stats = scorer.run(max_messages=max_events, idle_timeout_s=idle_exit)
     finally:

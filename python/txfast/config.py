@@ -119,6 +119,14 @@ class ExplainSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     method: str | None = None  # treeshap | path; None: the model's default
 
 
+class MetricsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[metrics]``: the scorer's Prometheus metrics (``txfast.metrics``)."""
+
+    enabled: bool = True
+    drift_stride: int = 8  # feature drift samples every n-th row of a batch
+    quality_window_days: float = 30.0  # precision/recall/false positives over this window
+
+
 class RetentionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Retention of the store, applied by ``txfast db prune``.
 
@@ -274,6 +282,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     explain: ExplainSettings = msgspec.field(default_factory=ExplainSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
     rules: list[Rule] = msgspec.field(default_factory=_default_rules)
 
@@ -353,6 +362,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("pipeline.history must be one of all, alerts, none")
     if s.pipeline.store_features not in ("alerts", "none"):
         raise ConfigError("pipeline.store_features must be alerts or none")
+    if s.metrics.drift_stride < 1 or s.metrics.quality_window_days <= 0:
+        raise ConfigError("metrics.drift_stride must be >= 1 and quality_window_days > 0")
     if s.explain.top_k < 1:
         raise ConfigError("explain.top_k must be at least 1")
     if s.explain.method not in (None, "treeshap", "path"):

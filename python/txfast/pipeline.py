@@ -21,6 +21,7 @@ from txfast.decode import DecodedBatch, Decoder, Rejected
 from txfast.exceptions import StoreError
 from txfast.features import FeatureEngine, engine_from_settings
 from txfast.labels import LabelBatch, poll_labels
+from txfast.metrics import ScorerMetrics
 from txfast.rules import LEVELS, Decisions, RuleEngine
 from txfast.scoring import Scorer
 from txfast.sources import SourceBatch
@@ -56,6 +57,7 @@ class BatchResult:
     scores: np.ndarray
     decisions: Decisions
     stored: ScoredBatch
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 @dataclass
@@ -125,6 +127,10 @@ class Pipeline:
         self.feature_names = list(self.engine.feature_names)
         self.rules = RuleEngine(settings.risk, settings.rules, self.feature_names)
         self.summary = RunSummary(model_version=scorer.model_version, store=store.url)
+        self.metrics: ScorerMetrics | None = None
+        if settings.metrics.enabled:
+            self.metrics = ScorerMetrics(drift_stride=settings.metrics.drift_stride)
+            self.metrics.observe_model(scorer.metadata, self.feature_names)
         self.label_cursor = 0  # the last store label event given to the engine
         self._label_poll_s = parse_duration_ms(settings.features.label_poll) / 1000
         self._next_label_poll = 0.0
@@ -150,7 +156,10 @@ class Pipeline:
         # Between batches: follow the champion pointer, so each batch is scored by one model.
         if self.scorer.reload_if_changed():
             self.summary.model_version = self.scorer.model_version
+            if self.metrics is not None:
+                self.metrics.observe_model(self.scorer.metadata, self.feature_names)
         self.poll_labels()
+        t0 = time.perf_counter()
         decoded = batch.decode(self.decoder)
         if batch.position:
             rejected = [
@@ -159,11 +168,20 @@ class Pipeline:
             ]
         else:
             rejected = decoded.rejected
+        t1 = time.perf_counter()
         if len(decoded):
             features = self.engine.process(**decoded.feature_inputs())
         else:
             features = np.zeros((0, len(self.feature_names)), dtype=np.float32)
-        return self.finish(decoded, features, rejected, source)
+        stages = {"decode": t1 - t0, "features": time.perf_counter() - t1}
+        result = self.decide(decoded, features, rejected, source, stages=stages)
+        self.write(result)
+        if self.metrics is not None:
+            self.metrics.observe_state(lambda: [self.engine.stats()])
+            self.metrics.observe_quality(
+                self.store, window_days=self.settings.metrics.quality_window_days
+            )
+        return result
 
     def fetch_labels(self, after: int, *, force: bool = False) -> LabelBatch | None:
         """New label events in the store after event ``after``, at most every ``label_poll``.
@@ -224,15 +242,21 @@ class Pipeline:
         features: np.ndarray,
         rejected: list[Rejected],
         source: str,
+        *,
+        stages: dict[str, float] | None = None,
     ) -> BatchResult:
         """Score and decide featurised rows and build the tables to store; nothing is written.
 
         The streaming scorer decides batch *n + 1* while batch *n* is being written; callers
-        that do not overlap stages use :meth:`finish`.
+        that do not overlap stages use :meth:`finish`. ``stages`` (seconds per stage so far)
+        is completed with ``score``, ``rules`` and ``explain`` and kept in the result.
         """
+        stages = {} if stages is None else stages
+        t0 = time.perf_counter()
         c = decoded.columns
         scored = self.scorer.score_batch(features)
         scores = scored.score
+        t1 = time.perf_counter()
         decisions = self.rules.apply(
             scores,
             scored.threshold,
@@ -244,10 +268,13 @@ class Pipeline:
             bands=scored.bands,
         )
         alert_rows = np.flatnonzero(decisions.is_alert)
+        t2 = time.perf_counter()
         explanations = None
         if scored.explainer is not None and len(alert_rows):
             # Alerts only: a few rows per batch, explained in Rust with the GIL released.
             explanations = pa.array(scored.explainer.explain(features[alert_rows]), pa.string())
+        t3 = time.perf_counter()
+        stages.update(score=t1 - t0, rules=t2 - t1, explain=t3 - t2)
         stored = self._tables(
             decoded,
             features,
@@ -260,10 +287,14 @@ class Pipeline:
             explanations,
             None if scored.shadow_score is None else (scored.shadow_score, scored.shadow_version),
         )
-        return BatchResult(decoded, features, scores, decisions, stored)
+        return BatchResult(decoded, features, scores, decisions, stored, stages)
 
     def write(
-        self, result: BatchResult, *, give_up: Callable[[int], bool] = lambda attempt: False
+        self,
+        result: BatchResult,
+        *,
+        give_up: Callable[[int], bool] = lambda attempt: False,
+        observe: bool = True,
     ) -> None:
         """Write a decided batch to the store (one transaction; durable on return).
 
@@ -275,8 +306,11 @@ class Pipeline:
             result: The decided batch.
             give_up: Called with the number of failed attempts after each failure; when it
                 returns True the last :class:`~txfast.exceptions.StoreError` is raised.
+            observe: Count the batch in the metrics now (the Kafka scorer counts it once its
+                transaction committed, with :meth:`observe`).
         """
         attempt = 0
+        t0 = time.perf_counter()
         while True:
             try:
                 self.store.write_batch(result.stored, history=self.settings.pipeline.history)
@@ -296,7 +330,25 @@ class Pipeline:
                 time.sleep(delay)
         if attempt:
             log.warning("store is back after %d failed attempts", attempt)
+        result.stages["store"] = time.perf_counter() - t0
         self._count(result.decoded, result.decisions, result.stored.dead_letters)
+        if observe:
+            self.observe(result)
+
+    def observe(self, result: BatchResult) -> None:
+        """Count a durable batch in the metrics (nothing when metrics are off)."""
+        if self.metrics is not None:
+            d = result.decisions
+            self.metrics.observe_batch(
+                events=result.decoded.size,
+                scored=len(result.decoded),
+                rejected_reasons=[r.reason for r in result.stored.dead_letters],
+                alert_levels=d.level[d.is_alert],
+                scores=result.scores,
+                features=result.features,
+                stages=result.stages,
+                level_names=LEVELS,
+            )
 
     def _tables(
         self,

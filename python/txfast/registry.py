@@ -176,6 +176,9 @@ class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
         threshold_calibration: How the threshold was chosen, if calibrated.
         artifacts: Extra files stored beside the model (e.g. ``explainer.npz``), by file
             name, with their SHA-256 (set by the registry, checked on load).
+        reference: The training distribution for drift monitoring: per feature (and
+            ``"score"``) the inner decile edges and each bin's share of training rows
+            (see ``txfast.metrics``); empty for models trained before it existed.
     """
 
     kind: str
@@ -196,6 +199,7 @@ class ModelMetadata(msgspec.Struct, frozen=True, kw_only=True):
     risk_bands: RiskBands | None = None
     threshold_calibration: ThresholdCalibration | None = None
     artifacts: dict[str, str] = {}
+    reference: dict[str, dict[str, list[float]]] = {}
 
 
 class ChampionEvent(msgspec.Struct, frozen=True, kw_only=True):

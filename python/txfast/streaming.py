@@ -269,6 +269,7 @@ class KafkaScorer:
         self.partitions: dict[tuple[str, int], _Partition] = {}
         self._stop = threading.Event()
         self._last_checkpoint = time.monotonic()
+        self._lag_t = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="txfast-store")
         self._in_flight: collections.deque[tuple[Future[None], _Pending]] = collections.deque()
         consumer_conf = {
@@ -375,6 +376,7 @@ class KafkaScorer:
                     self._process(msgs)
                 if time.monotonic() - self._last_checkpoint > self.k.checkpoint_interval_s:
                     self.checkpoint_all()
+                self._observe()
                 if max_messages is not None and self.stats.consumed >= max_messages:
                     break
             self.checkpoint_all()
@@ -389,6 +391,29 @@ class KafkaScorer:
             self.producer.flush(30)
             self.pipeline.store.close()
         return self.stats
+
+    def _observe(self) -> None:
+        """Refresh the slow-moving metrics: lag, state size, feedback quality (throttled)."""
+        metrics = self.pipeline.metrics
+        if metrics is None:
+            return
+        now = time.monotonic()
+        if now - self._lag_t >= 5.0:
+            from confluent_kafka import TopicPartition
+
+            self._lag_t = now
+            for (topic, partition), part in list(self.partitions.items()):
+                tp = TopicPartition(topic, partition)
+                try:
+                    _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                except Exception:  # noqa: BLE001 - not fetched yet
+                    continue
+                if high is not None and high >= 0:
+                    metrics.observe_lag(topic, partition, high - part.position)
+        metrics.observe_state(lambda: [p.engine.stats() for p in self.partitions.values()])
+        metrics.observe_quality(
+            self.pipeline.store, window_days=self.settings.metrics.quality_window_days
+        )
 
     # -- the sinks ----------------------------------------------------------------------------
     #
@@ -410,7 +435,9 @@ class KafkaScorer:
         try:
             # Retries while the store is down (no offsets are committed meanwhile); only a
             # stop request ends the wait, leaving the batch to be redone after the restart.
-            self.pipeline.write(item.result, give_up=lambda a: self._stop.is_set() and a >= 3)
+            self.pipeline.write(
+                item.result, give_up=lambda a: self._stop.is_set() and a >= 3, observe=False
+            )
         except StoreError as e:
             raise _BatchFailed(f"store unavailable while stopping: {e}") from e
         finally:
@@ -485,7 +512,18 @@ class KafkaScorer:
                 time.sleep(min(5.0, 0.2 * 2**attempt))
         else:
             raise _BatchFailed("giving up on a batch after 10 aborted transactions")
-        self.stats.stage_s["kafka"] += time.perf_counter() - t0
+        kafka_s = time.perf_counter() - t0
+        self.stats.stage_s["kafka"] += kafka_s
+        metrics = self.pipeline.metrics
+        if metrics is not None:
+            item.result.stages["kafka"] = kafka_s
+            self.pipeline.observe(item.result)
+            # Event received (its Kafka timestamp) to results durable; every 8th event.
+            now_ms = time.time() * 1000
+            stamps = np.fromiter(
+                (m.timestamp()[1] for m in item.msgs[::8]), np.float64, len(item.msgs[::8])
+            )
+            metrics.observe_latency((now_ms - stamps[stamps > 0]) / 1000)
         for key, off in item.next_offsets.items():
             self._acked[key] = max(self._acked.get(key, 0), off)
             part = self.partitions.get(key)
@@ -593,6 +631,8 @@ class KafkaScorer:
             part = self.partitions.pop(key, None)
             if part is not None:
                 self._checkpoint(key, part)
+            if self.pipeline.metrics is not None:
+                self.pipeline.metrics.forget_partition(*key)
         consumer.unassign()
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -648,10 +688,13 @@ class KafkaScorer:
         pipe = self.pipeline
         if pipe.scorer.reload_if_changed():
             self.stats.model_version = pipe.scorer.model_version
+            if pipe.metrics is not None:
+                pipe.metrics.observe_model(pipe.scorer.metadata, pipe.feature_names)
         decoded = pipe.decoder.decode(payloads)
         self._feed_labels()
         t1 = time.perf_counter()
         stage["decode"] += t1 - t0
+        stages = {"decode": t1 - t0}
         accepted_idx = decoded.columns["index"].astype(np.int64)
         features = np.empty((len(decoded), len(pipe.feature_names)), dtype=np.float32)
         live = np.zeros(len(good), dtype=bool)
@@ -673,6 +716,7 @@ class KafkaScorer:
             next_offsets[key] = part.position
         t2 = time.perf_counter()
         stage["features"] += t2 - t1
+        stages["features"] = t2 - t1
         live_acc = np.flatnonzero(live[accepted_idx])
         rejected = [
             Rejected(
@@ -686,7 +730,10 @@ class KafkaScorer:
             if live[r.index]
         ]
         self.stats.consumed += len(good)
-        self.stats.replayed += int(len(good) - np.count_nonzero(live))
+        replayed = int(len(good) - np.count_nonzero(live))
+        self.stats.replayed += replayed
+        if pipe.metrics is not None and replayed:
+            pipe.metrics.events.labels("replayed").inc(replayed)
         if not live.any():
             # Pure replay: nothing to write; the offsets were committed by an earlier owner.
             for key, off in next_offsets.items():
@@ -694,7 +741,7 @@ class KafkaScorer:
                 part.committed = max(part.committed, off)
             return
         live_decoded = decoded.take(live_acc)
-        result = pipe.decide(live_decoded, features[live_acc], rejected, "kafka")
+        result = pipe.decide(live_decoded, features[live_acc], rejected, "kafka", stages=stages)
         stage["decide"] += time.perf_counter() - t2
         self._submit(_Pending(result, rejected, next_offsets, good))
 

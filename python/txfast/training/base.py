@@ -21,6 +21,7 @@ from txfast.training.onnx_export import check_parity
 
 __all__ = [
     "MAX_PARITY_ROWS",
+    "drift_reference",
     "PARITY_ATOL",
     "TrainedModel",
     "metadata_fields",
@@ -131,6 +132,31 @@ def validate_matrix(X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"X must be numeric, got dtype {x.dtype}")
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def drift_reference(
+    x: np.ndarray,
+    feature_names: Sequence[str],
+    calibrated: np.ndarray,
+    rows: np.ndarray | None = None,
+    max_rows: int = 200_000,
+) -> dict[str, dict[str, list[float]]]:
+    """The training distribution stored for drift monitoring (``ModelMetadata.reference``).
+
+    Args:
+        x: Training feature rows.
+        feature_names: Their names.
+        calibrated: Calibrated scores of the rows.
+        rows: Boolean mask of the rows that represent live traffic (e.g. the period a
+            booster was calibrated on); all rows by default.
+        max_rows: A seeded random sample of at most this many rows is used.
+    """
+    from txfast.metrics import reference_from_training
+
+    idx = np.flatnonzero(rows) if rows is not None else np.arange(len(x))
+    if len(idx) > max_rows:
+        idx = np.sort(np.random.default_rng(0).choice(idx, max_rows, replace=False))
+    return reference_from_training(x[idx], feature_names, calibrated[idx])
 
 
 def metadata_fields(metadata: ModelMetadata) -> dict[str, Any]:

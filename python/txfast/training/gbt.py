@@ -37,6 +37,7 @@ from txfast.training.base import (
     MAX_PARITY_ROWS,
     PARITY_ATOL,
     TrainedModel,
+    drift_reference,
     metadata_fields,
     validate_matrix,
 )
@@ -319,6 +320,7 @@ def train_gbt(
         output_name=OUTPUT_NAME,
         risk_bands=choice.bands,
         threshold_calibration=choice.calibration,
+        reference=drift_reference(x, feature_names, calibrated, calibration_rows),
     )
     from txfast.explain import tables_from_xgboost
 

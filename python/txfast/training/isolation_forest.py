@@ -13,6 +13,7 @@ from txfast.training.base import (
     MAX_PARITY_ROWS,
     PARITY_ATOL,
     TrainedModel,
+    drift_reference,
     metadata_fields,
     validate_matrix,
 )
@@ -213,6 +214,7 @@ def train_isolation_forest(
         output_name=OUTPUT_NAME,
         risk_bands=choice.bands,
         threshold_calibration=choice.calibration,
+        reference=drift_reference(x, feature_names, calibrated),
     )
     from txfast.explain import tables_from_isolation_forest
 
