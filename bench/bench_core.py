@@ -16,6 +16,9 @@ Figures (medians of ``--repeat`` runs, fresh state each run):
   alerts' explanations (JSON with the top 5 contributions), measured alternately;
   ``ratio`` = on / off (target ≥ 0.9); ``score_stage_ratio`` the same for score + rules
   alone; ``alert_share`` the explained rows.
+- ``metrics``: the whole path above without / with the Prometheus metrics updated per
+  batch (``txfast.metrics.ScorerMetrics``: counters, stage histograms, score histogram,
+  drift on every 16th row), measured alternately; ``ratio`` = on / off (target ≥ 0.97).
 - ``baseline``: the same path written the usual way in pure Python, one event at a time
   (``bench/baseline.py``: ``json.loads``, ``if`` checks, ``dict``/``deque`` window state, the
   same forest walked in Python, ``bisect`` calibration), on the first ``--baseline-events``
@@ -152,6 +155,63 @@ def explain_figures(settings, batches, decoded, scorer: Scorer, rules, repeat: i
         "score_stage_rows_per_s_on": statistics.median(s_on),
         "score_stage_ratio": statistics.median(s_on) / statistics.median(s_off),
     }
+
+
+def metrics_figures(settings, batches, scorer: Scorer, rules, repeat: int) -> dict:
+    """Whole path without and with the per-batch metrics updates."""
+    from txfast.metrics import ScorerMetrics
+    from txfast.rules import LEVELS
+
+    decoder = build_decoder(settings)
+    n = sum(len(b) for b in batches)
+
+    def path(with_metrics: bool):
+        def run() -> None:
+            metrics = ScorerMetrics() if with_metrics else None
+            names = list(build_engine(settings).feature_names)
+            if metrics is not None:
+                metrics.observe_model(scorer.metadata, names)
+            eng = build_engine(settings)
+            for b in batches:
+                t0 = time.perf_counter()
+                d = decoder.decode(b)
+                t1 = time.perf_counter()
+                X = eng.process(**d.feature_inputs())
+                t2 = time.perf_counter()
+                scored = scorer.score_batch(X)
+                c = d.columns
+                out = rules.apply(
+                    scored.score,
+                    scored.threshold,
+                    c["amount_base"],
+                    X,
+                    channel=c["channel"],
+                    category=c["merchant_category"],
+                    country=c["country_code"],
+                    bands=scored.bands,
+                )
+                if metrics is not None:
+                    t3 = time.perf_counter()
+                    metrics.observe_batch(
+                        events=d.size,
+                        scored=len(d),
+                        rejected_reasons=[r.reason for r in d.rejected],
+                        alert_levels=out.level[out.is_alert],
+                        scores=scored.score,
+                        features=X,
+                        stages={"decode": t1 - t0, "features": t2 - t1, "score": t3 - t2},
+                        level_names=LEVELS,
+                    )
+                    metrics.observe_state(lambda eng=eng: [eng.stats()])
+
+        return run
+
+    off, on = [], []
+    for _ in range(repeat):
+        off.append(median_rate(n, path(False), 1))
+        on.append(median_rate(n, path(True), 1))
+    tx_off, tx_on = statistics.median(off), statistics.median(on)
+    return {"tx_per_s_off": tx_off, "tx_per_s_on": tx_on, "ratio": tx_on / tx_off}
 
 
 def train_gbt_scorer(settings, decoded, registry: Path) -> Scorer:
@@ -411,6 +471,8 @@ def main() -> None:
         result["features_tx_per_s"] = median_rate(n, features_only, args.repeat)
         result["score_rows_per_s"] = median_rate(n, score_only, args.repeat)
         result["rules_rows_per_s"] = median_rate(n, rules_only, args.repeat)
+        log("metrics: the whole path without / with the per-batch Prometheus updates")
+        result["metrics"] = metrics_figures(settings, batches, scorer, rules, args.repeat)
         if not args.skip_explain:
             log("explanations: Isolation Forest (path attribution)")
             result["explain"] = {

@@ -123,7 +123,7 @@ class MetricsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """``[metrics]``: the scorer's Prometheus metrics (``txfast.metrics``)."""
 
     enabled: bool = True
-    drift_stride: int = 8  # feature drift samples every n-th row of a batch
+    drift_stride: int = 16  # feature drift samples every n-th row of a batch
     quality_window_days: float = 30.0  # precision/recall/false positives over this window
 
 

@@ -136,8 +136,9 @@ class DriftMonitor:
 
     The reference (``ModelMetadata.reference``) holds, per feature, the inner bin edges of
     the training distribution's deciles and the training share of each bin. Live counts are
-    kept over a sliding window of ``window`` observations (older counts decay away
-    batch by batch), so the index follows the recent traffic.
+    kept over a sliding window of about ``window`` observations (older counts decay away
+    batch by batch), so the index follows the recent traffic. All columns are binned at
+    once: edges padded with +inf into one ``(columns, bins)`` matrix.
 
     Args:
         reference: ``{name: {"edges": [...], "fractions": [...]}}``.
@@ -154,8 +155,8 @@ class DriftMonitor:
     ) -> None:
         self.window = window
         self._lock = threading.Lock()
-        self._columns: list[tuple[str, int, np.ndarray, np.ndarray]] = []
         index = {n: i for i, n in enumerate(feature_names)}
+        cols: list[tuple[str, int, np.ndarray, np.ndarray]] = []
         for name, ref in reference.items():
             if name != "score" and name not in index:
                 continue
@@ -163,39 +164,61 @@ class DriftMonitor:
             expected = np.asarray(ref["fractions"], dtype=np.float64)
             if len(expected) != len(edges) + 1:
                 continue
-            self._columns.append((name, index.get(name, -1), edges, expected))
-        self._counts = [np.zeros(len(e), dtype=np.float64) for _, _, _, e in self._columns]
+            cols.append((name, index.get(name, -1), edges, expected))
+        self.names = [c[0] for c in cols]
+        # Feature columns first, the score (if referenced) last.
+        cols.sort(key=lambda c: c[1] < 0)
+        self.names = [c[0] for c in cols]
+        self._feature_cols = np.array([c[1] for c in cols if c[1] >= 0], dtype=np.int64)
+        self._has_score = any(c[1] < 0 for c in cols)
+        bins = max((len(c[3]) for c in cols), default=1)
+        self._edges = np.full((len(cols), max(bins - 1, 1)), np.inf)
+        self._expected = np.zeros((len(cols), bins))
+        self._valid = np.zeros((len(cols), bins), dtype=bool)
+        for k, (_, _, edges, expected) in enumerate(cols):
+            self._edges[k, : len(edges)] = edges
+            self._expected[k, : len(expected)] = expected
+            self._valid[k, : len(expected)] = True
+        self._bins = bins
+        self._edges_by_rank = np.ascontiguousarray(self._edges.T)  # (bins - 1, columns)
+        self._counts = np.zeros((len(cols), bins))
 
     def __len__(self) -> int:
-        return len(self._columns)
+        return len(self.names)
 
     def observe(self, features: np.ndarray, scores: np.ndarray) -> None:
         """Add a batch's (sampled) feature rows and scores."""
         n = len(scores)
-        if not n or not self._columns:
+        if not n or not self.names:
             return
+        parts = [np.asarray(features, dtype=np.float64)[:, self._feature_cols]]
+        if self._has_score:
+            parts.append(np.asarray(scores, dtype=np.float64)[:, None])
+        values = np.concatenate(parts, axis=1)  # (rows, columns)
+        # Bin = number of edges <= value (searchsorted "right"), every column at once: one
+        # comparison per edge rank (edges are padded with +inf).
+        idx = np.zeros(values.shape, dtype=np.int64)
+        for edge in self._edges_by_rank:
+            idx += (values >= edge).view(np.uint8)
+        ok = ~np.isnan(values)
+        flat = (np.arange(len(self.names))[None, :] * self._bins + idx)[ok]
+        add = np.bincount(flat, minlength=self._counts.size).reshape(self._counts.shape)
         keep = 1.0 - min(1.0, n / self.window)  # decay so that ~window rows stay weighted
         with self._lock:
-            for k, (_, col, edges, _) in enumerate(self._columns):
-                values = scores if col < 0 else features[:, col]
-                values = values[~np.isnan(values)]
-                idx = np.searchsorted(edges, values, side="right")
-                self._counts[k] *= keep
-                self._counts[k] += np.bincount(idx, minlength=len(edges) + 1)
+            self._counts *= keep
+            self._counts += add
 
     def psi(self) -> dict[str, float]:
         """The index per feature (and ``score``) over the live window."""
-        out = {}
         with self._lock:
-            for (name, _, _, expected), counts in zip(self._columns, self._counts, strict=True):
-                total = counts.sum()
-                if total <= 0:
-                    continue
-                eps = 1e-4
-                actual = np.maximum(counts / total, eps)
-                ref = np.maximum(expected, eps)
-                out[name] = float(np.sum((actual - ref) * np.log(actual / ref)))
-        return out
+            counts = self._counts.copy()
+        totals = counts.sum(axis=1, keepdims=True)
+        eps = 1e-4
+        actual = np.maximum(counts / np.where(totals > 0, totals, 1.0), eps)
+        ref = np.maximum(self._expected, eps)
+        terms = np.where(self._valid, (actual - ref) * np.log(actual / ref), 0.0)
+        psi = terms.sum(axis=1)
+        return {name: float(psi[k]) for k, name in enumerate(self.names) if totals[k, 0] > 0}
 
 
 def reference_from_training(
@@ -255,7 +278,7 @@ class ScorerMetrics:
         drift_stride: Feature drift samples every n-th row of a batch.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, drift_stride: int = 8) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, drift_stride: int = 16) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.drift_stride = max(1, drift_stride)
