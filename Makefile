@@ -22,7 +22,7 @@ install: build ## Install the wheel (with the train extra) into .venv
 	@$(VENV)/bin/pip install -q --force-reinstall --no-deps $(DIST)/txfast-*.whl
 	@$(VENV)/bin/pip install -q "$$(ls $(DIST)/txfast-*.whl)[train]"
 
-demo: install ## Simulate history, train, score a live simulated stream into DuckDB
+demo: install ## Simulate, train, score into DuckDB, then serve the live dashboard (Ctrl-C stops)
 	@bash scripts/demo.sh $(VENV)
 
 test: build ## Run every test (cargo test, then pytest against the wheel in a fresh venv)

@@ -16,6 +16,15 @@ rm -rf "$test_venv"
 wheel=$(ls "$dist"/txfast-*.whl)
 "$test_venv/bin/python" -m pip install -q "${wheel}[test,train]"
 
+echo "== headless Chromium (the dashboard's browser tests)"
+# Installs Debian's chromium when missing (as root); without it the browser tests skip, and
+# fail when CI=true.
+if chromium=$(bash "$(dirname "$0")/chromium.sh"); then
+  export TXFAST_CHROMIUM="$chromium"
+else
+  echo "no Chromium: the browser tests will be skipped (or fail under CI=true)" >&2
+fi
+
 echo "== pytest"
 # Run from the repository root without python/ on sys.path: `import txfast` resolves to the
 # installed wheel.

@@ -278,7 +278,9 @@ class ScorerMetrics:
         drift_stride: Feature drift samples every n-th row of a batch.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, drift_stride: int = 16) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, drift_stride: int = 16
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.drift_stride = max(1, drift_stride)

@@ -19,8 +19,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from txfast.api.alerts import AlertsController
 from txfast.api.auth import ApiKeyAuth
 from txfast.api.context import ApiContext, RuntimeStats
+from txfast.api.dashboard import DashboardController, static
 from txfast.api.errors import EXCEPTION_HANDLERS
-from txfast.api.keys import KeysController
+from txfast.api.keys import KeysController, MeController
 from txfast.api.models import ModelsController
 from txfast.api.system import StatsController, SystemController
 from txfast.config import Settings
@@ -50,7 +51,9 @@ def create_app(
     stream_keepalive_s: float = 15.0,
     debug: bool = False,
 ) -> Litestar:
-    """The alerts API: alerts, feedback, the live feed, statistics, models and API keys.
+    """The alerts API (alerts, feedback, live feed, stats, models, keys) and the dashboard.
+
+    The analyst dashboard is served at ``/`` (see :mod:`txfast.api.dashboard`).
 
     Args:
         settings: Where the store and the registry are (``store``, ``registry``,
@@ -134,7 +137,10 @@ def create_app(
             StatsController,
             ModelsController,
             KeysController,
+            MeController,
             SystemController,
+            DashboardController,
+            static(),
         ],
         dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False, use_cache=True)},
         middleware=[

@@ -1,4 +1,4 @@
-"""API keys: create, list and revoke them (admin)."""
+"""API keys: create, list and revoke them (admin); ``GET /me``: the caller's own key."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from txfast.api.schemas import KeyCreated, KeyIn
 from txfast.exceptions import StoreError
 from txfast.store import ApiKey
 
-__all__ = ["KeysController"]
+__all__ = ["KeysController", "MeController"]
 
 
 class KeysController(Controller):
@@ -60,3 +60,16 @@ class KeysController(Controller):
     def revoke(self, ctx: Ctx, request: Request[ApiKey, Any, Any], key_id: FromPath[int]) -> ApiKey:
         """Revoke a key at once (idempotent); its requests get 401 from now on."""
         return ctx.require_store().revoke_api_key(key_id, actor=request.user.name)
+
+
+class MeController(Controller):
+    """``/me``: the key making the request (any role); the dashboard's sign-in check."""
+
+    path = "/me"
+    tags = ["keys"]
+    guards = [requires("viewer")]
+
+    @get("/", operation_id="whoAmI", summary="The calling API key", sync_to_thread=False)
+    def me(self, request: Request[ApiKey, Any, Any]) -> ApiKey:
+        """The key of the ``Authorization`` header: id, name, role and prefix (no token)."""
+        return request.user
