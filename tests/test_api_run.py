@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,6 +90,11 @@ def test_run_serves_the_api_while_scoring_and_after(registry: Path, tmp_path: Pa
         if isinstance(explanation, str):
             explanation = json.loads(explanation)
         assert explanation["top"], "alerts carry their explanation"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:  # no key needed
+            metrics = r.read().decode()
+        assert "txfast_api_requests_total" in metrics, "the API's own metrics"
+        scored = re.search(r'^txfast_events_total\{outcome="scored"\} (\S+)$', metrics, re.M)
+        assert scored and float(scored.group(1)) > 0, "and the scorer's, in the same process"
         stats = _get(f"{base}/stats?days=3650", token)
         assert stats["runtime"]["events"] > 0, "the scorer's own figures"
         proc.send_signal(signal.SIGINT)

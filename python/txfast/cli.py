@@ -840,7 +840,13 @@ def run(
         warmed = pipeline.warm(warm_src)
         if not as_json:
             click.echo(f"feature state warmed with {warmed:,} events from {warm_from}")
-    server = _start_api(settings, api, pipeline.store, lambda: pipeline.summary.as_dict())
+    server = _start_api(
+        settings,
+        api,
+        pipeline.store,
+        lambda: pipeline.summary.as_dict(),
+        None if pipeline.metrics is None else pipeline.metrics.registry,
+    )
     _start_metrics(metrics_addr, pipeline)
     try:
         summary = pipeline.run(
@@ -870,7 +876,9 @@ def run(
         click.echo(f"see the alerts: txfast alerts --store {settings.store}")
 
 
-def _start_api(settings: Settings, api: str | None, store: Any, runtime_stats: Any) -> Any:
+def _start_api(
+    settings: Settings, api: str | None, store: Any, runtime_stats: Any, scorer_metrics: Any
+) -> Any:
     """Serve the API on ``api`` (``HOST:PORT``) from ``store`` in a thread; ``None`` if unset."""
     if not api:
         return None
@@ -879,7 +887,9 @@ def _start_api(settings: Settings, api: str | None, store: Any, runtime_stats: A
     host, _, port = api.rpartition(":")
     if not port.isdigit():
         raise click.BadParameter(f"expected HOST:PORT, got {api!r}", param_hint="--api")
-    app = create_app(settings, store=store, runtime_stats=runtime_stats)
+    app = create_app(
+        settings, store=store, runtime_stats=runtime_stats, scorer_metrics=scorer_metrics
+    )
     server = ApiServer(app, host.strip("[]") or "127.0.0.1", int(port)).start()
     click.echo(f"alerts API on {server.url}", err=True)
     return server
@@ -934,7 +944,14 @@ def _run_kafka(
     settings = settings.replace(kafka=msgspec.structs.replace(settings.kafka, **changes))
     scorer = KafkaScorer(settings)
     scorer.install_signal_handlers()
-    server = _start_api(settings, api, scorer.pipeline.store, lambda: scorer.stats.as_dict())
+    metrics = scorer.pipeline.metrics
+    server = _start_api(
+        settings,
+        api,
+        scorer.pipeline.store,
+        lambda: scorer.stats.as_dict(),
+        None if metrics is None else metrics.registry,
+    )
     _start_metrics(metrics_addr, scorer.pipeline)
     try:
         stats = scorer.run(max_messages=max_events, idle_timeout_s=idle_exit)

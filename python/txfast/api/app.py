@@ -15,6 +15,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from prometheus_client import CollectorRegistry
 
 from txfast.api.alerts import AlertsController
 from txfast.api.auth import ApiKeyAuth
@@ -46,6 +47,7 @@ def create_app(
     store: Store | None = None,
     registry: Registry | None = None,
     runtime_stats: RuntimeStats | None = None,
+    scorer_metrics: CollectorRegistry | None = None,
     cors_origins: Sequence[str] | None = None,
     stream_poll_s: float = 0.25,
     stream_keepalive_s: float = 15.0,
@@ -64,6 +66,8 @@ def create_app(
         registry: The model registry (default: ``Registry(settings.registry)``).
         runtime_stats: Returns the scorer's throughput and latency figures, shown as
             ``runtime`` by ``GET /stats`` (``None`` when the API runs alone).
+        scorer_metrics: The scorer's Prometheus registry (``txfast.metrics``), exposed by
+            ``GET /metrics`` after the API's own metrics when the API runs in the scorer.
         cors_origins: Origins allowed to call the API from a browser (``["*"]`` for any);
             ``None``: no CORS headers (same-origin only).
         stream_poll_s: Seconds between the live feed's store polls.
@@ -75,6 +79,7 @@ def create_app(
     """
     ctx = ApiContext(
         settings=settings,
+        scorer_metrics=scorer_metrics,
         registry=registry if registry is not None else Registry(settings.registry),
         store=store,
         runtime_stats=runtime_stats,

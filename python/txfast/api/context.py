@@ -32,6 +32,7 @@ class ApiContext:
             was given, and then closes it at shutdown).
         metrics: The API's Prometheus metrics.
         runtime_stats: The scorer's runtime figures when the API runs inside it.
+        scorer_metrics: The scorer's Prometheus registry when the API runs inside it.
         keepalive_s: Seconds between keep-alive comments of a quiet event stream.
         poll_interval_s: Seconds between the event stream's store polls.
     """
@@ -41,6 +42,7 @@ class ApiContext:
     store: Store | None = None
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     runtime_stats: RuntimeStats | None = None
+    scorer_metrics: Any = None  # prometheus_client.CollectorRegistry
     keepalive_s: float = 15.0
     poll_interval_s: float = 0.25
     _broadcaster: AlertBroadcaster | None = None

@@ -10,7 +10,7 @@ import anyio.to_thread
 import msgspec
 from litestar import Controller, MediaType, Response, get
 from litestar.params import QueryParameter
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from txfast.api.auth import EXCLUDE_FROM_AUTH, requires
 from txfast.api.context import Ctx
@@ -113,4 +113,7 @@ class SystemController(Controller):
     )
     def metrics(self, ctx: Ctx) -> Response[bytes]:
         """Requests by route and status, request durations and the event stream's clients."""
-        return Response(ctx.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        body = ctx.metrics.exposition()
+        if ctx.scorer_metrics is not None:  # the API runs inside the scorer
+            body += generate_latest(ctx.scorer_metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
