@@ -28,8 +28,8 @@ demo: install ## Simulate, train, score into DuckDB, then serve the live dashboa
 test: build ## Run every test (cargo test, then pytest against the wheel in a fresh venv)
 	@bash scripts/test.sh $(VENV) $(TEST_VENV) $(DIST)
 
-bench: install ## Run the benchmarks and print their JSON figures
-	@$(PY) bench/bench_core.py --json
+bench: install ## Run every benchmark: bench/results/<date>.json + the table in bench/README.md
+	@$(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: venv ## ruff, mypy, cargo fmt --check, cargo clippy -D warnings
 	@$(VENV)/bin/ruff check python tests bench
