@@ -224,12 +224,30 @@ def test_stream_equals_in_memory_run(kafka_broker, events, registry, tmp_path):
     load_topic(kafka_broker.bootstrap, topic, events)
     expected, expected_rejects = expected_run(events, registry, tmp_path)
     settings = kafka_settings(tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}")
-    stats = KafkaScorer(settings).run(idle_timeout_s=5)
+    scorer = KafkaScorer(settings)
+    stats = scorer.run(idle_timeout_s=5)
     print(stats.as_dict())
     assert stats.consumed == len(events)
     check_outputs(
         kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
     )
+    # The metrics count each committed batch once, with its Kafka stage and latency.
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = scorer.pipeline.metrics
+    assert metrics is not None
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in f.samples
+    }
+    assert got[("txfast_events_total", (("outcome", "scored"),))] == stats.scored
+    assert got[("txfast_events_total", (("outcome", "rejected"),))] == stats.rejected
+    assert got[("txfast_batches_total", ())] == stats.batches
+    assert got[("txfast_stage_seconds_count", (("stage", "kafka"),))] == stats.batches
+    latency = got[("txfast_end_to_end_latency_seconds_count", ())]
+    assert 0 < latency <= stats.consumed // 8 + stats.batches
 
 
 def run_cli(

@@ -79,8 +79,10 @@ def requires(role: str) -> Any:
     needed = _RANK[role]
 
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        key = connection.user
-        if not isinstance(key, ApiKey):  # a route excluded from authentication
+        # Not ``connection.user``: it raises (a 500) where the middleware set no user, e.g.
+        # for the OPTIONS requests authentication lets through.
+        key = connection.scope.get("user")
+        if not isinstance(key, ApiKey):  # a route or method excluded from authentication
             raise NotAuthorizedException("missing API key", headers=_CHALLENGE)
         if _RANK.get(key.role, -1) < needed:
             raise PermissionDeniedException(

@@ -71,7 +71,10 @@ class ApiServer:
                 store cannot be opened).
         """
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for a
+        # listening socket created with it; without, each response's body waited ~40 ms for
+        # the client's delayed ACK (uvicorn writes the headers and the body separately).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
