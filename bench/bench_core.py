@@ -91,6 +91,21 @@ def train_model(settings, decoded, registry: Path) -> tuple[Scorer, object]:
     return scorer, trained.model
 
 
+def apply_rules(rules, d, X, scores, threshold, bands=None):
+    """The rules on a decoded batch, as the pipeline applies them."""
+    c = d.columns
+    return rules.apply(
+        scores,
+        threshold,
+        c["amount_base"],
+        X,
+        channel=c["channel"],
+        category=c["merchant_category"],
+        country=c["country_code"],
+        bands=bands,
+    )
+
+
 def explain_figures(settings, batches, decoded, scorer: Scorer, rules, repeat: int) -> dict:
     """Whole path and score stage with and without the alerts' explanations."""
     engine = build_engine(settings)
@@ -104,17 +119,7 @@ def explain_figures(settings, batches, decoded, scorer: Scorer, rules, repeat: i
     def decide(d, X, explain: bool) -> None:
         nonlocal explained
         scored = scorer.score_batch(X)
-        c = d.columns
-        out = rules.apply(
-            scored.score,
-            scored.threshold,
-            c["amount_base"],
-            X,
-            channel=c["channel"],
-            category=c["merchant_category"],
-            country=c["country_code"],
-            bands=scored.bands,
-        )
+        out = apply_rules(rules, d, X, scored.score, scored.threshold, scored.bands)
         if explain:
             rows = np.flatnonzero(out.is_alert)
             if len(rows):
@@ -179,17 +184,7 @@ def metrics_figures(settings, batches, scorer: Scorer, rules, repeat: int) -> di
                 X = eng.process(**d.feature_inputs())
                 t2 = time.perf_counter()
                 scored = scorer.score_batch(X)
-                c = d.columns
-                out = rules.apply(
-                    scored.score,
-                    scored.threshold,
-                    c["amount_base"],
-                    X,
-                    channel=c["channel"],
-                    category=c["merchant_category"],
-                    country=c["country_code"],
-                    bands=scored.bands,
-                )
+                out = apply_rules(rules, d, X, scored.score, scored.threshold, scored.bands)
                 if metrics is not None:
                     t3 = time.perf_counter()
                     metrics.observe_batch(
@@ -422,16 +417,7 @@ def main() -> None:
                 d = decoder.decode(b)
                 X = engine.process(**d.feature_inputs())
                 s = scorer.score(X)
-                c = d.columns
-                rules.apply(
-                    s,
-                    scorer.threshold,
-                    c["amount_base"],
-                    X,
-                    channel=c["channel"],
-                    category=c["merchant_category"],
-                    country=c["country_code"],
-                )
+                apply_rules(rules, d, X, s, scorer.threshold)
 
         def decode_only() -> None:
             for b in batches:
@@ -452,16 +438,7 @@ def main() -> None:
 
         def rules_only() -> None:
             for d, X, s in zip(decoded, matrices, scores, strict=True):
-                c = d.columns
-                rules.apply(
-                    s,
-                    scorer.threshold,
-                    c["amount_base"],
-                    X,
-                    channel=c["channel"],
-                    category=c["merchant_category"],
-                    country=c["country_code"],
-                )
+                apply_rules(rules, d, X, s, scorer.threshold)
 
         log("measuring the whole path")
         result: dict = {"events": n, "cards": args.cards, "batch": args.batch}
