@@ -88,27 +88,66 @@ pub struct TreeEnsemble {
     fast: Vec<Option<FastTree>>,
 }
 
-/// Largest number of distinct features on one leaf's path for the precomputed tables.
-const FAST_MAX_PATH_FEATURES: usize = 10;
+/// Longest root-to-leaf path (in splits) for the precomputed tables: a leaf's table has
+/// `2^depth` rows.
+const FAST_MAX_PATH_DEPTH: usize = 12;
 /// Largest total size of the precomputed tables (values) before falling back.
 const FAST_MAX_TABLE_VALUES: usize = 16 << 20;
 
-/// One leaf of a [`FastTree`]: its path's splits and its contribution table.
+/// Precomputed TreeSHAP tables of one tree (Fast TreeSHAP v2), laid out flat.
+///
+/// A row's walk is summarised per leaf by its *path pattern*: bit `d` set when the row
+/// satisfies the split at depth `d` of the leaf's path. A table per *unit* holds, for every
+/// pattern, the contributions of the unit's distinct path features, so explaining a row is
+/// one pass over the tree's nodes in index order (children follow parents) carrying the
+/// pattern down, then one table row per unit. A unit is a lone leaf, or a node whose two
+/// children are both leaves: their tables are summed into one indexed by the node's
+/// pattern plus the bit of its own split, which halves the additions of a full tree.
 #[derive(Clone, Debug)]
-struct FastLeaf {
-    /// `(node, goes_left, k)`: the path takes `goes_left` at `node`; `k` indexes the
-    /// leaf's distinct path features.
-    splits: Vec<(u32, bool, u8)>,
-    /// The distinct path features, in `k` order.
+struct FastTree {
+    /// Per node: [`INTERNAL`], [`LEAF`] (a lone-leaf unit), [`PAIR`] (a node whose
+    /// children are both leaves, one unit) or [`PAIRED`] (a leaf of a pair).
+    kind: Vec<u8>,
+    /// Depth of every node (the bit its split sets in its children's patterns).
+    depth: Vec<u8>,
+    /// Per node: `x < threshold` goes left (non-strict splits are moved one ulp up).
+    threshold: Vec<f64>,
+    /// Per node: its unit for a [`LEAF`] or [`PAIR`] node.
+    unit_of: Vec<u32>,
+    /// Per unit: number of distinct path features `m` (0 for a root-only tree).
+    unit_m: Vec<u8>,
+    /// Per unit: offset of its `m` features in `features`.
+    unit_features: Vec<u32>,
+    /// Per unit: offset of its `2^depth × m` table in `table`.
+    unit_table: Vec<u32>,
     features: Vec<u32>,
-    /// `2^m × m` contributions: for each pattern of satisfied features (bit k), the
-    /// contribution of each path feature.
     table: Vec<f64>,
 }
 
-#[derive(Clone, Debug)]
-struct FastTree {
-    leaves: Vec<FastLeaf>,
+const INTERNAL: u8 = 0;
+const LEAF: u8 = 1;
+const PAIR: u8 = 2;
+const PAIRED: u8 = 3;
+
+impl FastTree {
+    /// Appends a unit; `None` when the tables outgrow their limit or their offsets.
+    fn push_unit(&mut self, features: Vec<u32>, table: Vec<f64>) -> Option<()> {
+        self.unit_m.push(features.len() as u8);
+        self.unit_features
+            .push(u32::try_from(self.features.len()).ok()?);
+        self.unit_table.push(u32::try_from(self.table.len()).ok()?);
+        self.features.extend(features);
+        self.table.extend(table);
+        (self.table.len() <= FAST_MAX_TABLE_VALUES).then_some(())
+    }
+}
+
+/// Scratch space of [`TreeEnsemble::fast_shap_block`], reused across trees.
+struct FastWork {
+    /// Path pattern per node of the current tree and row.
+    node_pattern: Vec<u32>,
+    /// Path pattern per unit and row (`unit * rows + row`).
+    unit_pattern: Vec<u32>,
 }
 
 /// Parameters of [`TreeEnsemble::new`], named because there are many.
@@ -252,7 +291,7 @@ impl TreeEnsemble {
             let Some(tree) = self.fast_tree(t) else {
                 return vec![None; self.n_trees()];
             };
-            total += tree.leaves.iter().map(|l| l.table.len()).sum::<usize>();
+            total += tree.table.len();
             if total > FAST_MAX_TABLE_VALUES {
                 return vec![None; self.n_trees()];
             }
@@ -263,57 +302,127 @@ impl TreeEnsemble {
 
     fn fast_tree(&self, t: usize) -> Option<FastTree> {
         let start = self.tree_offsets[t];
-        let mut leaves = Vec::new();
-        // Depth-first over root-to-leaf paths, carrying (node, goes left, feature, zero
-        // fraction) of every split so far.
-        type Split = (u32, bool, u32, f64);
-        let mut stack: Vec<(usize, Vec<Split>)> = vec![(0, Vec::new())];
+        let size = self.tree_offsets[t + 1] - start;
+        let mut tree = FastTree {
+            kind: vec![INTERNAL; size],
+            depth: vec![0; size],
+            threshold: (start..start + size)
+                .map(|i| match self.strict_less {
+                    true => self.threshold[i],
+                    false => self.threshold[i].next_up(),
+                })
+                .collect(),
+            unit_of: vec![0; size],
+            unit_m: Vec::new(),
+            unit_features: Vec::new(),
+            unit_table: Vec::new(),
+            features: Vec::new(),
+            table: Vec::new(),
+        };
+        // Depth-first over root-to-leaf paths, carrying (feature, zero fraction) of every
+        // split so far.
+        let mut stack: Vec<(usize, Vec<(u32, f64)>)> = vec![(0, Vec::new())];
         while let Some((local, path)) = stack.pop() {
             let i = start + local;
+            if path.len() >= FAST_MAX_PATH_DEPTH {
+                return None;
+            }
+            tree.depth[local] = path.len() as u8;
             if self.is_leaf[i] {
-                leaves.push(fast_leaf(&path, self.value[i])?);
+                tree.kind[local] = LEAF;
+                tree.unit_of[local] = tree.unit_m.len() as u32;
+                let (features, table) = fast_leaf(&path, self.value[i]);
+                tree.push_unit(features, table)?;
                 continue;
             }
             let f = self.feature[i];
-            for (child, left) in [(self.left[i], true), (self.right[i], false)] {
+            let (l, r) = (self.left[i] as usize, self.right[i] as usize);
+            let zero = |child: usize| self.cover[start + child] / self.cover[i];
+            if self.is_leaf[start + l] && self.is_leaf[start + r] {
+                tree.kind[local] = PAIR;
+                (tree.kind[l], tree.kind[r]) = (PAIRED, PAIRED);
+                tree.unit_of[local] = tree.unit_m.len() as u32;
+                let with = |child: usize| {
+                    let mut p = path.clone();
+                    p.push((f, zero(child)));
+                    fast_leaf(&p, self.value[start + child])
+                };
+                let ((features, left), (_, right)) = (with(l), with(r));
+                // Index: the node's pattern plus bit `d` when the row goes left; the right
+                // leaf's own pattern has that bit flipped.
+                let (m, bit) = (features.len(), 1usize << path.len());
+                let table = (0..left.len())
+                    .map(|j| left[j] + right[((j / m) ^ bit) * m + j % m])
+                    .collect();
+                tree.push_unit(features, table)?;
+                continue;
+            }
+            for child in [l, r] {
                 let mut p = path.clone();
-                let zero = self.cover[start + child as usize] / self.cover[i];
-                p.push((local as u32, left, f, zero));
-                stack.push((child as usize, p));
+                p.push((f, zero(child)));
+                stack.push((child, p));
             }
         }
-        Some(FastTree { leaves })
+        Some(tree)
     }
 
-    fn fast_shap(
+    /// One tree's contributions to a block of rows. First every row's unit patterns, then
+    /// unit by unit across the rows: consecutive additions then go to different rows, so
+    /// they do not wait on each other (unit by unit within one row, the root feature's
+    /// slot alone would take one dependent addition per unit).
+    fn fast_shap_block(
         &self,
         t: usize,
         tree: &FastTree,
         x: &[f32],
         phi: &mut [f64],
-        left: &mut Vec<bool>,
+        work: &mut FastWork,
     ) {
+        let (f, w) = (self.n_features, self.n_features + 1);
         let start = self.tree_offsets[t];
         let size = self.tree_offsets[t + 1] - start;
-        left.clear();
-        left.extend((0..size).map(|local| {
-            let i = start + local;
-            !self.is_leaf[i] && self.goes_left(i, x[self.feature[i] as usize])
-        }));
-        for leaf in &tree.leaves {
-            let m = leaf.features.len();
-            if m == 0 {
-                continue;
-            }
-            let mut pattern = (1usize << m) - 1;
-            for &(node, goes_left, k) in &leaf.splits {
-                if left[node as usize] != goes_left {
-                    pattern &= !(1 << k);
+        let rows = x.len() / f;
+        let units = tree.unit_m.len();
+        work.unit_pattern.clear();
+        work.unit_pattern.resize(units * rows, 0);
+        let pat = &mut work.node_pattern[..size];
+        for (r, row) in x.chunks_exact(f).enumerate() {
+            pat[0] = 0;
+            for local in 0..size {
+                let kind = tree.kind[local];
+                if kind == PAIRED {
+                    continue;
+                }
+                let p = pat[local];
+                if kind == LEAF {
+                    work.unit_pattern[tree.unit_of[local] as usize * rows + r] = p;
+                    continue;
+                }
+                let i = start + local;
+                let v = row[self.feature[i] as usize];
+                let left =
+                    ((v as f64) < tree.threshold[local]) | (v.is_nan() & self.default_left[i]);
+                let bit = tree.depth[local];
+                if kind == PAIR {
+                    work.unit_pattern[tree.unit_of[local] as usize * rows + r] =
+                        p | ((left as u32) << bit);
+                } else {
+                    pat[self.left[i] as usize] = p | ((left as u32) << bit);
+                    pat[self.right[i] as usize] = p | ((!left as u32) << bit);
                 }
             }
-            let row = &leaf.table[pattern * m..(pattern + 1) * m];
-            for (k, &f) in leaf.features.iter().enumerate() {
-                phi[f as usize] += row[k];
+        }
+        for unit in 0..units {
+            let m = tree.unit_m[unit] as usize;
+            let fo = tree.unit_features[unit] as usize;
+            let features = &tree.features[fo..fo + m];
+            let table = &tree.table[tree.unit_table[unit] as usize..];
+            let patterns = &work.unit_pattern[unit * rows..(unit + 1) * rows];
+            for (&p, out) in patterns.iter().zip(phi.chunks_exact_mut(w)) {
+                let values = &table[p as usize * m..(p as usize + 1) * m];
+                for (&g, &v) in features.iter().zip(values) {
+                    out[g as usize] += v;
+                }
             }
         }
     }
@@ -382,15 +491,26 @@ impl TreeEnsemble {
         }
         let mut path =
             vec![PathElement::default(); (self.max_depth + 2) * (self.max_depth + 3) / 2];
-        let mut left = Vec::new();
+        let largest = (0..self.n_trees())
+            .map(|t| self.tree_offsets[t + 1] - self.tree_offsets[t])
+            .max()
+            .unwrap_or(0);
+        let mut work = FastWork {
+            node_pattern: vec![0; largest],
+            unit_pattern: Vec::new(),
+        };
         for t in 0..self.n_trees() {
             let start = self.tree_offsets[t];
-            for (row, p) in x.chunks(f).zip(phi.chunks_mut(w)) {
-                match (method, &self.fast[t]) {
-                    (Method::Path, _) => self.saabas(start, row, p),
-                    (Method::TreeShap, Some(tree)) => self.fast_shap(t, tree, row, p, &mut left),
-                    (Method::TreeShap, None) => {
-                        self.tree_shap(start, 0, row, p, &mut path, 0, 0, 1.0, 1.0, None)
+            match (method, &self.fast[t]) {
+                (Method::TreeShap, Some(tree)) => self.fast_shap_block(t, tree, x, phi, &mut work),
+                (Method::Path, _) => {
+                    for (row, p) in x.chunks_exact(f).zip(phi.chunks_exact_mut(w)) {
+                        self.saabas(start, row, p);
+                    }
+                }
+                (Method::TreeShap, None) => {
+                    for (row, p) in x.chunks_exact(f).zip(phi.chunks_exact_mut(w)) {
+                        self.tree_shap(start, 0, row, p, &mut path, 0, 0, 1.0, 1.0, None);
                     }
                 }
             }
@@ -581,13 +701,17 @@ struct Explanation<'a> {
     top: Vec<Contribution<'a>>,
 }
 
-/// The table of one leaf: its path's splits merged by feature, and for every pattern of
-/// satisfied features the contributions the recursive algorithm would add at that leaf.
-fn fast_leaf(path: &[(u32, bool, u32, f64)], value: f64) -> Option<FastLeaf> {
+/// The table of one leaf from its path's `(feature, zero fraction)` splits, root first:
+/// the leaf's distinct path features, and for every path pattern (bit `d`: the split at
+/// depth `d` is satisfied) the contributions the recursive algorithm would add at that
+/// leaf, `2^depth × m` values.
+fn fast_leaf(path: &[(u32, f64)], value: f64) -> (Vec<u32>, Vec<f64>) {
+    // Splits on the same feature merge: their zero fractions multiply, and the feature
+    // counts as satisfied only when all of them are.
     let mut features: Vec<u32> = Vec::new();
     let mut zeros: Vec<f64> = Vec::new();
-    let mut splits = Vec::with_capacity(path.len());
-    for &(node, left, f, zero) in path {
+    let mut slot = Vec::with_capacity(path.len());
+    for &(f, zero) in path {
         let k = match features.iter().position(|&g| g == f) {
             Some(k) => {
                 zeros[k] *= zero;
@@ -599,13 +723,10 @@ fn fast_leaf(path: &[(u32, bool, u32, f64)], value: f64) -> Option<FastLeaf> {
                 features.len() - 1
             }
         };
-        splits.push((node, left, k as u8));
+        slot.push(k);
     }
-    let m = features.len();
-    if m > FAST_MAX_PATH_FEATURES {
-        return None;
-    }
-    let mut table = vec![0.0; (1 << m) * m];
+    let (m, d) = (features.len(), path.len());
+    let mut by_features = vec![0.0; (1 << m) * m];
     let mut unique = vec![PathElement::default(); m + 1];
     for pattern in 0..1usize << m {
         extend(&mut unique, 0, 1.0, 1.0, None);
@@ -616,14 +737,20 @@ fn fast_leaf(path: &[(u32, bool, u32, f64)], value: f64) -> Option<FastLeaf> {
         for k in 0..m {
             let w = unwound_path_sum(&unique, m, k + 1);
             let el = unique[k + 1];
-            table[pattern * m + k] = w * (el.one_fraction - el.zero_fraction) * value;
+            by_features[pattern * m + k] = w * (el.one_fraction - el.zero_fraction) * value;
         }
     }
-    Some(FastLeaf {
-        splits,
-        features,
-        table,
-    })
+    let mut table = Vec::with_capacity((1 << d) * m);
+    for pattern in 0..1usize << d {
+        let mut satisfied = (1usize << m) - 1;
+        for (depth, &k) in slot.iter().enumerate() {
+            if pattern & (1 << depth) == 0 {
+                satisfied &= !(1 << k);
+            }
+        }
+        table.extend_from_slice(&by_features[satisfied * m..(satisfied + 1) * m]);
+    }
+    (features, table)
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -857,6 +984,39 @@ mod tests {
         // Deep trees fall back to the recursive algorithm and stay exact.
         let deep = forest(19, 3, 14, 12, true);
         assert!(deep.fast.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn precomputed_tables_follow_the_split_convention_on_ties() {
+        // Rows whose values sit exactly on thresholds: `<` for XGBoost, `<=` for
+        // scikit-learn, and NaN to the default side, as in the recursive algorithm.
+        let f = 5;
+        for strict in [true, false] {
+            let mut e = forest(23, 15, 6, f, strict);
+            e.threshold.iter_mut().for_each(|t| *t = *t as f32 as f64);
+            e.fast = e.build_fast_tables();
+            let mut slow = e.clone();
+            slow.fast = vec![None; e.n_trees()];
+            let mut rng = Rng(29);
+            let x: Vec<f32> = (0..300 * f)
+                .map(|i| {
+                    let on = (0..e.feature.len())
+                        .filter(|&n| !e.is_leaf[n] && e.feature[n] as usize == i % f)
+                        .map(|n| e.threshold[n] as f32)
+                        .collect::<Vec<_>>();
+                    match (i % 11, on.is_empty()) {
+                        (0, _) => f32::NAN,
+                        (_, false) => on[(rng.next() * on.len() as f64) as usize % on.len()],
+                        (_, true) => rng.next() as f32,
+                    }
+                })
+                .collect();
+            let a = e.contributions(&x, Method::TreeShap).unwrap();
+            let b = slow.contributions(&x, Method::TreeShap).unwrap();
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() < 1e-9, "strict={strict}: {u} vs {v}");
+            }
+        }
     }
 
     #[test]
