@@ -74,6 +74,32 @@ def test_psi_is_small_in_distribution_and_large_after_a_shift() -> None:
     assert psi["amount"] > 0.25 and psi["other"] < 0.02
 
 
+def test_psi_bins_like_searchsorted_per_column() -> None:
+    """Columns with different edge counts, values on the edges and NaN (not counted)."""
+    ref = {
+        "a": {"edges": [0.0, 1.0, 2.0], "fractions": [0.1, 0.2, 0.3, 0.4]},
+        "b": {"edges": [-1.0, 0.0, 1.0, 5.0, 9.0], "fractions": [0.2, 0.1, 0.1, 0.2, 0.2, 0.2]},
+        "score": {"edges": [0.5], "fractions": [0.5, 0.5]},
+    }
+    monitor = DriftMonitor(ref, ["b", "a"], window=10**9)
+    rng = np.random.default_rng(3)
+    x = rng.choice([-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 5.0, 9.0, 12.0, np.nan], size=(500, 2))
+    scores = rng.choice([0.1, 0.5, 0.9, np.nan], size=500)
+    monitor.observe(x.astype(np.float32), scores)
+
+    def psi(values: np.ndarray, name: str) -> float:
+        edges, fractions = np.array(ref[name]["edges"]), np.array(ref[name]["fractions"])
+        values = values[~np.isnan(values)]
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(fractions))
+        actual = np.maximum(counts / counts.sum(), 1e-4)
+        return float(((actual - fractions) * np.log(actual / fractions)).sum())
+
+    got = monitor.psi()
+    assert got["b"] == pytest.approx(psi(x[:, 0], "b"), abs=1e-12)
+    assert got["a"] == pytest.approx(psi(x[:, 1], "a"), abs=1e-12)
+    assert got["score"] == pytest.approx(psi(scores, "score"), abs=1e-12)
+
+
 @pytest.fixture(scope="module")
 def drift_registry(history: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A champion trained now, so that its metadata has the drift reference."""

@@ -182,6 +182,7 @@ class DriftMonitor:
         self._bins = bins
         self._edges_by_rank = np.ascontiguousarray(self._edges.T)  # (bins - 1, columns)
         self._counts = np.zeros((len(cols), bins))
+        self._column_base = (np.arange(len(cols)) * bins).astype(np.int32)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -191,18 +192,20 @@ class DriftMonitor:
         n = len(scores)
         if not n or not self.names:
             return
-        parts = [np.asarray(features, dtype=np.float64)[:, self._feature_cols]]
+        cols = len(self._feature_cols)
+        values = np.empty((n, len(self.names)))  # (rows, columns), feature columns first
+        values[:, :cols] = features[:, self._feature_cols]
         if self._has_score:
-            parts.append(np.asarray(scores, dtype=np.float64)[:, None])
-        values = np.concatenate(parts, axis=1)  # (rows, columns)
+            values[:, cols] = scores
         # Bin = number of edges <= value (searchsorted "right"), every column at once: one
-        # comparison per edge rank (edges are padded with +inf).
-        idx = np.zeros(values.shape, dtype=np.int64)
+        # comparison per edge rank (edges are padded with +inf); NaN goes to a spare slot.
+        idx = np.zeros(values.shape, dtype=np.int32)
         for edge in self._edges_by_rank:
-            idx += (values >= edge).view(np.uint8)
-        ok = ~np.isnan(values)
-        flat = (np.arange(len(self.names))[None, :] * self._bins + idx)[ok]
-        add = np.bincount(flat, minlength=self._counts.size).reshape(self._counts.shape)
+            idx += values >= edge
+        idx += self._column_base
+        idx[np.isnan(values)] = self._counts.size
+        add = np.bincount(idx.ravel(), minlength=self._counts.size + 1)[:-1]
+        add = add.reshape(self._counts.shape)
         keep = 1.0 - min(1.0, n / self.window)  # decay so that ~window rows stay weighted
         with self._lock:
             self._counts *= keep
