@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +15,8 @@ import numpy as np
 
 from txfast.config import Settings, load_settings, parse_duration_ms
 from txfast.exceptions import ConfigError, TxfastError
+from txfast.logs import FORMATS
+from txfast.logs import configure as configure_logging
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -67,7 +68,15 @@ class _Group(click.Group):
     envvar="TXFAST_LOG_LEVEL",
     help="Log level of the txfast loggers (stderr).",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    envvar="TXFAST_LOG_FORMAT",
+    help="text, or json: one JSON object per line with structured fields (txfast.logs).",
+)
+def main(log_level: str, log_format: str) -> None:
     """txfast: real-time transaction anomaly detection and alerting.
 
     \b
@@ -77,13 +86,7 @@ def main(log_level: str) -> None:
       txfast run --source simulate --store duckdb:var/txfast.duckdb --registry var/registry
       txfast alerts --store duckdb:var/txfast.duckdb --risk CRITICAL
     """
-    root = logging.getLogger()
-    if not root.handlers:  # a host that set up logging (or pytest) keeps its own
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.WARNING)  # other libraries' warnings (psycopg's pool, …)
-    logging.getLogger("txfast").setLevel(log_level.upper())
+    configure_logging(log_level, log_format)
 
 
 @main.command(context_settings=CONTEXT)

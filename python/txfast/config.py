@@ -109,6 +109,7 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     history: str = "all"  # all | alerts | none
     store_features: str = "alerts"  # alerts | none
     store_retry_max_s: float = 5.0  # longest pause between store retries during an outage
+    log_every: str = "10s"  # how often the batch summary is logged (txfast.logs)
 
 
 class ExplainSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -377,6 +378,7 @@ def _check(s: Settings) -> None:
     for w in (*s.features.merchant_label_windows, *s.features.card_label_windows):
         parse_duration_ms(w)
     parse_duration_ms(s.features.label_poll)
+    parse_duration_ms(s.pipeline.log_every)
     if parse_duration_ms(s.features.label_delay) <= 0:
         raise ConfigError("features.label_delay must be positive (a label is known after its t)")
     if s.retention.days is not None and s.retention.days <= 0:

@@ -21,6 +21,7 @@ from txfast.decode import DecodedBatch, Decoder, Rejected
 from txfast.exceptions import StoreError
 from txfast.features import FeatureEngine, engine_from_settings
 from txfast.labels import LabelBatch, poll_labels
+from txfast.logs import BatchLog
 from txfast.metrics import ScorerMetrics
 from txfast.rules import LEVELS, Decisions, RuleEngine
 from txfast.scoring import Scorer
@@ -131,6 +132,9 @@ class Pipeline:
         if settings.metrics.enabled:
             self.metrics = ScorerMetrics(drift_stride=settings.metrics.drift_stride)
             self.metrics.observe_model(scorer.metadata, self.feature_names)
+        self.batch_log = BatchLog(
+            log, parse_duration_ms(settings.pipeline.log_every) / 1000, LEVELS
+        )
         self.label_cursor = 0  # the last store label event given to the engine
         self._label_poll_s = parse_duration_ms(settings.features.label_poll) / 1000
         self._next_label_poll = 0.0
@@ -198,7 +202,11 @@ class Pipeline:
         try:
             return poll_labels(self.store, after)
         except StoreError as e:
-            log.warning("labels not polled (store unavailable), retrying later: %s", e)
+            log.warning(
+                "labels not polled (store unavailable), retrying later: %s",
+                e,
+                extra={"event": "labels_poll_failed", "error": str(e)},
+            )
             return None
 
     def poll_labels(self, *, force: bool = False) -> int:
@@ -326,24 +334,44 @@ class Pipeline:
                     attempt,
                     delay,
                     e,
+                    extra={
+                        "event": "store_write_failed",
+                        "attempt": attempt,
+                        "retry_in_s": delay,
+                        "error": str(e),
+                    },
                 )
                 time.sleep(delay)
         if attempt:
-            log.warning("store is back after %d failed attempts", attempt)
+            log.warning(
+                "store is back after %d failed attempts",
+                attempt,
+                extra={"event": "store_recovered", "attempts": attempt},
+            )
         result.stages["store"] = time.perf_counter() - t0
         self._count(result.decoded, result.decisions, result.stored.dead_letters)
         if observe:
             self.observe(result)
 
     def observe(self, result: BatchResult) -> None:
-        """Count a durable batch in the metrics (nothing when metrics are off)."""
+        """Count a durable batch in the metrics and the periodic batch summary log."""
+        d = result.decisions
+        levels = d.level[d.is_alert]
+        reasons = [r.reason for r in result.stored.dead_letters]
+        self.batch_log.add(
+            events=result.decoded.size,
+            scored=len(result.decoded),
+            alert_levels=levels,
+            rejected_reasons=reasons,
+            stages=result.stages,
+            model_version=self.summary.model_version,
+        )
         if self.metrics is not None:
-            d = result.decisions
             self.metrics.observe_batch(
                 events=result.decoded.size,
                 scored=len(result.decoded),
-                rejected_reasons=[r.reason for r in result.stored.dead_letters],
-                alert_levels=d.level[d.is_alert],
+                rejected_reasons=reasons,
+                alert_levels=levels,
                 scores=result.scores,
                 features=result.features,
                 stages=result.stages,
@@ -470,6 +498,7 @@ class Pipeline:
             if max_events is not None and self.summary.events >= max_events:
                 break
         self.summary.seconds = time.perf_counter() - t0
+        self.batch_log.flush()
         if progress is not None:
             _progress(progress, self.summary)
             progress.write("\n")

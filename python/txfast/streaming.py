@@ -387,6 +387,7 @@ class KafkaScorer:
                 self._writer.shutdown(wait=True)
                 self._watchdog.close()
             self.stats.seconds = time.perf_counter() - t0
+            self.pipeline.batch_log.flush()
             self.consumer.close()  # revokes: checkpoints what is still assigned
             self.producer.flush(30)
             self.pipeline.store.close()
@@ -474,14 +475,22 @@ class KafkaScorer:
         self._in_flight.clear()
         self._failures += 1
         if self._failures > MAX_RECOVERIES:
-            log.error("%d batches failed in a row; giving up", self._failures)
+            log.error(
+                "%d batches failed in a row; giving up",
+                self._failures,
+                extra={"event": "kafka_gave_up", "failures": self._failures, "error": str(err)},
+            )
             raise err
         # A new producer with the same transactional id fences this one: its open
         # transaction, if any, is resolved (committed if its commit had begun, else aborted)
         # before init_transactions returns, so the committed offsets read below are final.
         # That also covers a producer fenced by the broker (a transaction that outlived
         # transaction.timeout.ms while the broker was away) and one stuck in a call.
-        log.error("a batch failed (%s); new producer, every partition from its checkpoint", err)
+        log.error(
+            "a batch failed (%s); new producer, every partition from its checkpoint",
+            err,
+            extra={"event": "kafka_batch_failed", "failures": self._failures, "error": str(err)},
+        )
         self._new_producer(abandon=isinstance(err, _Hung))
         # Nothing after the last committed batch is known durable: throw away the in-memory
         # state of every partition and redo the work from the checkpoints and committed
@@ -672,7 +681,9 @@ class KafkaScorer:
             elif err.fatal():
                 raise KafkaException(err)
             else:
-                log.warning("consumer error: %s", err)
+                log.warning(
+                    "consumer error: %s", err, extra={"event": "consumer_error", "error": str(err)}
+                )
         if not good:
             return
         stage = self.stats.stage_s
