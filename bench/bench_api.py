@@ -446,6 +446,7 @@ def measure(
         rate=args.rate,
         batch_size=args.batch,
         start=start.isoformat(),
+        linger_ms=settings.pipeline.linger_ms,  # as `txfast run --rate` batches a paced source
     )
     source.table()  # simulated before the clock starts, as `txfast run` does
     pipeline = Pipeline.from_settings(settings)

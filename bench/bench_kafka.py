@@ -192,46 +192,17 @@ def drain(bootstrap: str, tmp: Path, registry: Path, topic: str, n: int) -> dict
     return d
 
 
-def latency(
-    bootstrap: str, tmp: Path, registry: Path, rate: int, seconds: float, events
-) -> dict[str, float]:
-    from confluent_kafka import Consumer
+def _generate(bootstrap: str, topic: str, rate: int, seconds: float, events_path: str) -> None:
+    """Child process: send ``rate`` transactions per second for ``seconds``.
 
-    from txfast.streaming import KafkaScorer
+    Each is produced when due, within a millisecond (its Kafka timestamp is set when it is
+    produced, so producer batching would count as txfast's latency). A process of its own:
+    a Python loop per event in the scorer's process would compete for its GIL.
+    """
+    import pickle
 
-    topic = f"lat-{rate}-{uuid.uuid4().hex[:6]}"
-    create_topics(bootstrap, {topic: 6, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
-    scorer = KafkaScorer(settings_for(tmp, registry, bootstrap, topic, linger_ms=2))
-    runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout_s": 10}, daemon=True)
-    runner.start()
-    reader = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"lat-reader-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 1,
-            "socket.nagle.disable": True,
-            "enable.auto.commit": False,
-        }
-    )
-    reader.subscribe([f"{topic}-alerts"])
-    samples: list[float] = []
-    done = threading.Event()
-
-    def read() -> None:
-        while not done.is_set():
-            for m in reader.consume(1000, 0.05):
-                if m.error() is None:
-                    now = time.time() * 1000
-                    stamp = dict(m.headers() or [])[("source_timestamp")]
-                    samples.append(now - int(stamp))
-
-    rt = threading.Thread(target=read, daemon=True)
-    rt.start()
-    time.sleep(3)  # group joins before the load starts
-    # The load generator sends each transaction within a millisecond (its Kafka timestamp
-    # is set when it is produced, so producer batching would count as txfast's latency).
+    with open(events_path, "rb") as f:
+        events = pickle.load(f)
     p = producer(bootstrap, linger_ms=1)
     n = int(rate * seconds)
     t0 = time.perf_counter()
@@ -250,12 +221,72 @@ def latency(
         if i % 100 == 0:
             p.poll(0)
     p.flush(60)
+
+
+def _read(bootstrap: str, topic: str, ready, done, out) -> None:  # noqa: ANN001 - mp objects
+    """Child process: ``now - source_timestamp`` of every alert a read_committed consumer gets."""
+    from confluent_kafka import Consumer
+
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lat-reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 1,
+            "socket.nagle.disable": True,
+            "enable.auto.commit": False,
+        }
+    )
+    reader.subscribe([topic])
+    samples: list[float] = []
+    ready.set()
+    while not done.is_set():
+        for m in reader.consume(1000, 0.05):
+            if m.error() is None:
+                now = time.time() * 1000
+                stamp = dict(m.headers() or [])["source_timestamp"]
+                samples.append(now - int(stamp))
+    reader.close()
+    out.send(samples)
+
+
+def latency(
+    bootstrap: str, tmp: Path, registry: Path, rate: int, seconds: float, events
+) -> dict[str, float]:
+    """The scorer in this process; the load generator and the alert reader in two others."""
+    import multiprocessing
+    import pickle
+
+    from txfast.streaming import KafkaScorer
+
+    mp = multiprocessing.get_context("spawn")
+    topic = f"lat-{rate}-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, {topic: 6, f"{topic}-alerts": 1, f"{topic}-dlq": 1})
+    events_path = tmp / "latency-events.pkl"
+    if not events_path.exists():
+        with open(events_path, "wb") as f:
+            pickle.dump(events[:1_000_000], f, protocol=pickle.HIGHEST_PROTOCOL)
+    scorer = KafkaScorer(settings_for(tmp, registry, bootstrap, topic, linger_ms=2))
+    runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout_s": 10}, daemon=True)
+    runner.start()
+    ready, done = mp.Event(), mp.Event()
+    receive, send = mp.Pipe(duplex=False)
+    reader = mp.Process(target=_read, args=(bootstrap, f"{topic}-alerts", ready, done, send))
+    reader.start()
+    ready.wait(60)
+    time.sleep(3)  # group joins before the load starts
+    gen = mp.Process(target=_generate, args=(bootstrap, topic, rate, seconds, str(events_path)))
+    gen.start()
+    gen.join()
     time.sleep(3)
     scorer.stop()
     runner.join(60)
     done.set()
-    rt.join(5)
-    reader.close()
+    samples = receive.recv() if receive.poll(30) else []
+    reader.join(10)
+    batches = max(1, scorer.stats.batches)
+    breakdown = {k: round(v * 1000 / batches, 3) for k, v in scorer.stats.stage_s.items()}
     if not samples:
         return {
             "p50_ms": float("nan"),
@@ -272,6 +303,8 @@ def latency(
         "max_ms": float(a.max()),
         "samples": len(a),
         "offered_tx_per_s": rate,
+        "batches": scorer.stats.batches,
+        "stage_ms_per_batch": breakdown,
     }
 
 

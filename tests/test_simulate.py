@@ -542,3 +542,28 @@ def test_invariants_hold_for_any_small_simulation(
     n_fraud = int(label.sum())
     expected = fraud_rate * (t.num_rows - n_fraud) / (1 - fraud_rate)
     assert abs(n_fraud - expected) <= 1
+
+
+def test_a_paced_simulated_source_batches_by_linger_and_releases_when_due() -> None:
+    """At ``rate`` events/s a batch holds ``rate × linger`` events and is yielded once its
+    last event is due; unpaced, batches are ``batch_size`` events."""
+    import time
+
+    from txfast.sources import SimulatedSource
+
+    src = SimulatedSource(cards=20, days=1, seed=3, rate=2000, batch_size=8192, linger_ms=25)
+    total = src.table().num_rows
+    t0 = time.perf_counter()
+    seen = 0
+    for batch in src:
+        assert batch.position == seen
+        n = len(batch.payloads or [])
+        seen += n
+        # Never ahead of the pace: its last event was due when the batch came out.
+        assert time.perf_counter() - t0 >= (seen - 1) / 2000 - 1e-3
+        if seen < total:
+            assert n == 50  # 2000/s × 25 ms
+        if seen >= 400:
+            break
+    fast = SimulatedSource(cards=20, days=1, seed=3, batch_size=16)
+    assert [len(b.payloads or []) for b in fast][:3] == [16, 16, 16]

@@ -821,7 +821,15 @@ def run(
         return
     batch = settings.pipeline.batch_size
     src = (
-        SimulatedSource(cards=cards, days=days, seed=seed, rate=rate, batch_size=batch, start=start)
+        SimulatedSource(
+            cards=cards,
+            days=days,
+            seed=seed,
+            rate=rate,
+            batch_size=batch,
+            start=start,
+            linger_ms=settings.pipeline.linger_ms,
+        )
         if source == "simulate"
         else open_source(
             source,

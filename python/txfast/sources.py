@@ -324,8 +324,11 @@ class SimulatedSource:
         days: Days simulated.
         seed: Random seed.
         rate: Events per second to pace at (0: as fast as possible).
-        batch_size: Events per batch.
+        batch_size: Events per batch at most.
         start: First simulated day.
+        linger_ms: When paced, a batch holds the events of this long at most (like a Kafka
+            consumer's linger): ``rate × linger`` events, so a batch is released when its
+            last event is due rather than a large batch early when its first one is.
     """
 
     cards: int = 2000
@@ -335,6 +338,7 @@ class SimulatedSource:
     batch_size: int = 8192
     start: str = "2026-01-01"
     fraud_rate: float = 0.005
+    linger_ms: float = 50.0
     _table: pa.Table | None = field(default=None, repr=False)
 
     @property
@@ -355,11 +359,14 @@ class SimulatedSource:
     def __iter__(self) -> Iterator[SourceBatch]:
         from txfast.simulate import iter_json_batches
 
+        size = self.batch_size
+        if self.rate > 0:
+            size = max(1, min(size, round(self.rate * self.linger_ms / 1000)))
         t0 = time.perf_counter()
         position = 0
-        for payloads in iter_json_batches(self.table(), self.batch_size):
+        for payloads in iter_json_batches(self.table(), size):
             if self.rate > 0:
-                due = t0 + position / self.rate
+                due = t0 + (position + len(payloads) - 1) / self.rate  # its last event
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)

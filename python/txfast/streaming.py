@@ -523,10 +523,10 @@ class KafkaScorer:
             raise _BatchFailed("giving up on a batch after 10 aborted transactions")
         kafka_s = time.perf_counter() - t0
         self.stats.stage_s["kafka"] += kafka_s
+        item.result.stages["kafka"] = kafka_s
+        self.pipeline.observe(item.result)  # metrics and the batch summary log
         metrics = self.pipeline.metrics
         if metrics is not None:
-            item.result.stages["kafka"] = kafka_s
-            self.pipeline.observe(item.result)
             # Event received (its Kafka timestamp) to results durable; every 8th event.
             now_ms = time.time() * 1000
             stamps = np.fromiter(
