@@ -230,6 +230,9 @@ def test_list_by_score_and_item_shape(client: TestClient, tokens: dict) -> None:
         ({"sort": "amount"}, "sort"),
         ({"since": "yesterday"}, "since"),
         ({"until": "2026-13-01T00:00:00"}, "until"),
+        ({"until": "0.5"}, "until"),  # not epoch seconds: RFC 3339 only
+        ({"since": "1772323200"}, "since"),
+        ({"since": "2026-03-01"}, "since"),
         ({"since": "2026-03-02T00:00:00", "until": "2026-03-01T00:00:00"}, "until"),
         ({"country": "DEU"}, "country"),
         ({"cursor": "not a cursor"}, "cursor"),
@@ -402,7 +405,13 @@ def test_stats(store: Store, api_registry: Path, tokens: dict) -> None:
         assert (
             c.get("/stats", params={"since": "2026-03-02", "until": "2026-03-01"}, headers=v)
         ).status_code == 400
-        for bad in ({"days": 0}, {"days": "x"}, {"top_merchants": 101}):
+        for bad in (
+            {"days": 0},
+            {"days": "x"},
+            {"top_merchants": 101},
+            {"until": "0.5"},
+            {"since": "1772323200"},
+        ):
             r = c.get("/stats", params=bad, headers=v)
             assert r.status_code == 400 and r.json()["errors"][0]["field"] == next(iter(bad))
 
@@ -560,6 +569,43 @@ def test_openapi_schema(client: TestClient) -> None:
     assert params >= {"card", "user", "merchant", "country", "risk", "action", "status"}
     assert params >= {"since", "until", "cursor", "limit", "sort"}
     assert schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    # The key everywhere but on the probes, which say they need none.
+    assert schema["security"] == [{"apiKey": []}]
+    for path, item in paths.items():
+        for method, op in item.items():
+            if path in ("/health", "/ready", "/metrics"):
+                assert op["security"] == [], path
+            else:
+                assert "security" not in op, (method, path)  # the document's
+                assert {"401", "503"} <= set(op["responses"]), (method, path)
+            # Every error is documented as the body the API answers.
+            for code, response in op["responses"].items():
+                if code.startswith(("4", "5")) and path != "/ready":
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref == "#/components/schemas/ErrorBody", (method, path, code)
+    assert set(paths["/models/{version}/promote"]["post"]["responses"]) == {
+        "200",
+        "400",
+        "401",
+        "403",
+        "404",
+        "409",
+        "503",
+    }
+    assert set(paths["/ready"]["get"]["responses"]) == {"200", "503"}
+    assert list(paths["/alerts/stream"]["get"]["responses"]["200"]["content"]) == [
+        "text/event-stream"
+    ]
+    # The bodies refusing unknown fields say so; the promoted version's pattern is the API's.
+    components = schema["components"]["schemas"]
+    assert components["FeedbackIn"]["additionalProperties"] is False
+    assert components["KeyIn"]["additionalProperties"] is False
+    assert "additionalProperties" not in components["Alert"]
+    (version,) = paths["/models/{version}/promote"]["post"]["parameters"]
+    assert version["schema"]["pattern"] == "^v[1-9][0-9]{0,8}$"
+    for name in ("since", "until"):
+        (param,) = [p for p in paths["/stats"]["get"]["parameters"] if p["name"] == name]
+        assert param["schema"]["format"] == "date-time"
 
 
 def test_cors(store: Store, api_registry: Path, tokens: dict) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from txfast.api.auth import requires
 from txfast.api.context import Ctx
-from txfast.api.errors import bad_request
+from txfast.api.errors import bad_request, error_responses
+from txfast.api.params import DATE_TIME, parse_date_time
 from txfast.api.schemas import Action, AlertDetail, FeedbackIn, RiskLevel, Sort, Status
 from txfast.exceptions import NotFoundError
 from txfast.store import AlertPage, AlertQuery, ApiKey, LabelRecord
@@ -23,6 +24,9 @@ __all__ = ["AlertsController"]
 
 MAX_LIMIT = 500
 """Largest page of ``GET /alerts``."""
+
+EVENT_STREAM = "text/event-stream"
+"""The media type of ``GET /alerts/stream`` (server-sent events)."""
 
 
 class AlertsController(Controller):
@@ -36,6 +40,7 @@ class AlertsController(Controller):
         "/",
         operation_id="listAlerts",
         summary="List alerts, newest (or highest score) first, with keyset pagination",
+        responses=error_responses(400, 401, 503),
         sync_to_thread=True,
     )
     def list_alerts(
@@ -63,13 +68,15 @@ class AlertsController(Controller):
             list[Status] | None, QueryParameter(description="Any of these statuses (repeatable).")
         ] = None,
         since: Annotated[
-            datetime | None,
+            str | None,
             QueryParameter(
-                description="Transactions at or after this time (ISO 8601; naive = UTC)."
+                description="Transactions at or after this time (RFC 3339; no offset = UTC).",
+                schema_extra=DATE_TIME,
             ),
         ] = None,
         until: Annotated[
-            datetime | None, QueryParameter(description="Transactions before this time.")
+            str | None,
+            QueryParameter(description="Transactions before this time.", schema_extra=DATE_TIME),
         ] = None,
         cursor: Annotated[
             str | None,
@@ -81,7 +88,8 @@ class AlertsController(Controller):
         ] = "time",
     ) -> AlertPage:
         """One page of alerts matching every filter given; ``next_cursor`` is null on the last."""
-        lo, hi = to_utc_naive(since), to_utc_naive(until)
+        start, end = parse_date_time("since", since), parse_date_time("until", until)
+        lo, hi = to_utc_naive(start), to_utc_naive(end)
         if lo is not None and hi is not None and hi <= lo:
             raise bad_request("until", "must be after since")
         query = AlertQuery(
@@ -92,8 +100,8 @@ class AlertsController(Controller):
             risk_levels=tuple(dict.fromkeys(risk or ())),
             actions=tuple(dict.fromkeys(action or ())),
             statuses=tuple(dict.fromkeys(status or ())),
-            since=since,
-            until=until,
+            since=start,
+            until=end,
         )
         return ctx.require_store().list_alerts(query, limit=limit, cursor=cursor, sort=sort)
 
@@ -101,6 +109,17 @@ class AlertsController(Controller):
         "/stream",
         operation_id="streamAlerts",
         summary="Server-sent events of the alerts stored from now on",
+        media_type=EVENT_STREAM,
+        responses={
+            200: ResponseSpec(
+                str,
+                description="An endless `text/event-stream`: `alert` events, whose `data` is "
+                "an `Alert` (JSON) and `id` its transaction id, and keep-alive comments.",
+                media_type=EVENT_STREAM,
+                generate_examples=False,
+            ),
+            **error_responses(400, 401, 503),
+        },
     )
     async def stream(
         self,
@@ -144,6 +163,7 @@ class AlertsController(Controller):
         "/{transaction_id:str}",
         operation_id="getAlert",
         summary="Everything stored about one transaction",
+        responses=error_responses(400, 401, 404, 503),
         sync_to_thread=True,
     )
     def get_alert(self, ctx: Ctx, transaction_id: FromPath[str]) -> AlertDetail:
@@ -159,6 +179,7 @@ class AlertsController(Controller):
         summary="Label a transaction fraud or legit (analyst)",
         guards=[requires("analyst")],
         status_code=201,
+        responses=error_responses(400, 401, 403, 404, 503),
         sync_to_thread=True,
     )
     def feedback(

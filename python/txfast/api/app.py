@@ -24,6 +24,7 @@ from txfast.api.dashboard import DashboardController, static
 from txfast.api.errors import EXCEPTION_HANDLERS
 from txfast.api.keys import KeysController, MeController
 from txfast.api.models import ModelsController
+from txfast.api.schemas import ClosedStructSchemaPlugin
 from txfast.api.system import StatsController, SystemController
 from txfast.config import Settings
 from txfast.registry import Registry
@@ -133,6 +134,7 @@ def create_app(
                 )
             }
         ),
+        # Every operation needs the key but the open ones (``security: []``, see OpenOperation).
         security=[{"apiKey": []}],
         use_handler_docstrings=True,
     )
@@ -153,6 +155,7 @@ def create_app(
             DefineMiddleware(ApiKeyAuth, exclude=["^/schema"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        plugins=[ClosedStructSchemaPlugin()],
         lifespan=[lifespan],
         cors_config=cors,
         openapi_config=openapi,

@@ -6,17 +6,21 @@ the :class:`~txfast.store.ApiKey`; a missing, unknown or revoked key is a 401. R
 (:func:`requires`) then check the key's role: a viewer reads, an analyst also labels, an
 admin also promotes models and manages keys; a lower role is a 403.
 
-Routes marked ``opt={"exclude_from_auth": True}`` (health, readiness, metrics) and the
-OpenAPI schema need no key.
+Routes marked ``opt={"exclude_from_auth": True}`` (health, readiness, metrics, the dashboard
+and its files) and the OpenAPI schema need no key. The schema says so: its top-level security
+requirement is the bearer key, and the open operations in it override it with ``security: []``
+(``operation_class=OpenOperation``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.openapi.spec import Operation
 
 from txfast.store import ApiKey
 from txfast.store.base import ROLES
@@ -27,10 +31,25 @@ if TYPE_CHECKING:
 
     from txfast.api.context import ApiContext
 
-__all__ = ["EXCLUDE_FROM_AUTH", "ApiKeyAuth", "requires"]
+__all__ = ["EXCLUDE_FROM_AUTH", "ApiKeyAuth", "OpenOperation", "requires"]
 
 EXCLUDE_FROM_AUTH = {"exclude_from_auth": True}
-"""Route ``opt`` of the routes that need no key."""
+"""Route ``opt`` of the routes that need no key (give those in the schema
+``operation_class=OpenOperation``)."""
+
+
+@dataclass
+class OpenOperation(Operation):
+    """The OpenAPI operation of a route that needs no key: ``security: []``.
+
+    An empty list overrides the document's top-level requirement (the bearer key); Litestar's
+    route ``security`` cannot say it (it leaves an empty list out).
+    """
+
+    def __post_init__(self) -> None:
+        if self.security is None:
+            self.security = []
+
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="txfast"'}
 

@@ -5,6 +5,8 @@
 - the store failing (closed, unreachable, a failed query) → 503;
 - the model registry unreadable → 503;
 - anything else → 500 with a generic message (the traceback goes to the log only).
+
+:func:`error_responses` documents them in the OpenAPI schema, route by route.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import MediaType, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 
 from txfast.api.schemas import ErrorBody, FieldError
 from txfast.exceptions import InvalidCursorError, NotFoundError, RegistryError, StoreError
@@ -22,9 +25,35 @@ if TYPE_CHECKING:
     from litestar import Request
     from litestar.types import ExceptionHandlersMap
 
-__all__ = ["EXCEPTION_HANDLERS", "bad_request", "status_of"]
+__all__ = ["EXCEPTION_HANDLERS", "bad_request", "error_responses", "status_of"]
 
 log = logging.getLogger("txfast.api")
+
+_ERRORS = {
+    400: "Invalid input: a query or path parameter, or the body (`errors` names each field).",
+    401: "Missing, malformed, unknown or revoked API key (with `WWW-Authenticate: Bearer`).",
+    403: "The API key's role does not allow this operation.",
+    404: "No such transaction, API key or model version.",
+    409: "The model registry refused the change.",
+    503: "The alert store or the model registry is unavailable.",
+}
+"""The error responses the routes document, and what each means."""
+
+
+def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI ``responses`` of a route's possible errors (each an :class:`ErrorBody`).
+
+    Litestar documents a 400 by itself on a route with parameters or a body, but as its own
+    ``ValidationException`` body; listing 400 here documents the :class:`ErrorBody` the app
+    answers instead.
+
+    Args:
+        status_codes: 400, 401, 403, 404, 409 or 503.
+    """
+    return {
+        code: ResponseSpec(ErrorBody, description=_ERRORS[code], generate_examples=False)
+        for code in status_codes
+    }
 
 
 def bad_request(field: str, message: str, source: str = "query") -> ValidationException:

@@ -9,7 +9,7 @@ from litestar.params import FromPath, JSONBody
 
 from txfast.api.auth import requires
 from txfast.api.context import Ctx
-from txfast.api.errors import bad_request
+from txfast.api.errors import bad_request, error_responses
 from txfast.api.schemas import KeyCreated, KeyIn
 from txfast.exceptions import StoreError
 from txfast.store import ApiKey
@@ -24,7 +24,13 @@ class KeysController(Controller):
     tags = ["keys"]
     guards = [requires("admin")]
 
-    @post("/", operation_id="createKey", summary="Create an API key", sync_to_thread=True)
+    @post(
+        "/",
+        operation_id="createKey",
+        summary="Create an API key",
+        responses=error_responses(400, 401, 403, 503),
+        sync_to_thread=True,
+    )
     def create(
         self, ctx: Ctx, request: Request[ApiKey, Any, Any], data: JSONBody[KeyIn]
     ) -> KeyCreated:
@@ -45,7 +51,13 @@ class KeysController(Controller):
         assert key is not None and key.id == key_id
         return KeyCreated(id=key.id, name=key.name, role=key.role, prefix=key.prefix, token=token)
 
-    @get("/", operation_id="listKeys", summary="Every API key", sync_to_thread=True)
+    @get(
+        "/",
+        operation_id="listKeys",
+        summary="Every API key",
+        responses=error_responses(401, 403, 503),
+        sync_to_thread=True,
+    )
     def list_keys(self, ctx: Ctx) -> list[ApiKey]:
         """Every key, revoked ones included (``revoked_at`` set), oldest first."""
         return ctx.require_store().list_api_keys()
@@ -55,6 +67,7 @@ class KeysController(Controller):
         operation_id="revokeKey",
         summary="Revoke an API key",
         status_code=200,
+        responses=error_responses(400, 401, 403, 404, 503),
         sync_to_thread=True,
     )
     def revoke(self, ctx: Ctx, request: Request[ApiKey, Any, Any], key_id: FromPath[int]) -> ApiKey:
@@ -69,7 +82,13 @@ class MeController(Controller):
     tags = ["keys"]
     guards = [requires("viewer")]
 
-    @get("/", operation_id="whoAmI", summary="The calling API key", sync_to_thread=False)
+    @get(
+        "/",
+        operation_id="whoAmI",
+        summary="The calling API key",
+        responses=error_responses(401, 503),
+        sync_to_thread=False,
+    )
     def me(self, request: Request[ApiKey, Any, Any]) -> ApiKey:
         """The key of the ``Authorization`` header: id, name, role and prefix (no token)."""
         return request.user

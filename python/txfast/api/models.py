@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath
+from litestar.params import PathParameter
 
 from txfast.api.auth import requires
 from txfast.api.context import Ctx
-from txfast.api.errors import bad_request
+from txfast.api.errors import error_responses
 from txfast.api.schemas import ModelInfo, Models, Promoted
 from txfast.exceptions import NotFoundError, RegistryError
 from txfast.registry import ModelVersion
@@ -19,7 +18,8 @@ from txfast.store import ApiKey
 
 __all__ = ["ModelsController"]
 
-_VERSION = re.compile(r"^v[1-9][0-9]{0,8}$")
+VERSION_PATTERN = r"^v[1-9][0-9]{0,8}$"
+"""A model version in a path: ``v1``, ``v2``… (the registry's directory names)."""
 
 
 def _info(v: ModelVersion, champion: str | None) -> ModelInfo:
@@ -48,6 +48,7 @@ class ModelsController(Controller):
         "/",
         operation_id="listModels",
         summary="Registered versions and the champion",
+        responses=error_responses(401, 503),
         sync_to_thread=True,
     )
     def list_models(self, ctx: Ctx) -> Models:
@@ -69,14 +70,20 @@ class ModelsController(Controller):
         summary="Make a version the champion (admin)",
         guards=[requires("admin")],
         status_code=200,
+        responses=error_responses(400, 401, 403, 404, 409, 503),
         sync_to_thread=True,
     )
     def promote(
-        self, ctx: Ctx, request: Request[ApiKey, Any, Any], version: FromPath[str]
+        self,
+        ctx: Ctx,
+        request: Request[ApiKey, Any, Any],
+        version: Annotated[
+            str, PathParameter(pattern=VERSION_PATTERN, description="v1, v2… (a 400 otherwise).")
+        ],
     ) -> Promoted:
         """Point the champion at ``version``; a scorer reloads it without a restart."""
-        if not _VERSION.match(version):
-            raise bad_request("version", "must look like v1, v2…", source="path")
+        # ``version`` matched VERSION_PATTERN before this runs (a 400 otherwise), so it is a
+        # plain directory name in the registry, never a path.
         name, registry = ctx.settings.model_name, ctx.registry
         if name not in registry.names() or not (registry.root / name / version).is_dir():
             raise NotFoundError(f"no version {version!r} of model {name!r}")

@@ -8,16 +8,23 @@ the types here add what the API says beyond them.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
+from litestar.plugins import OpenAPISchemaPlugin
 
 from txfast.registry import ChampionEvent
 from txfast.store import Stats, TransactionDetail
 
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.openapi.spec import Schema
+    from litestar.typing import FieldDefinition
+
 __all__ = [
     "Action",
     "AlertDetail",
+    "ClosedStructSchemaPlugin",
     "ErrorBody",
     "FeedbackIn",
     "FieldError",
@@ -65,6 +72,36 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status_code: int
     detail: str
     errors: list[FieldError] | None = None
+
+
+class ClosedStructSchemaPlugin(OpenAPISchemaPlugin):
+    """``additionalProperties: false`` in the OpenAPI schema of a Struct forbidding unknown fields.
+
+    Litestar's schema of a Struct leaves ``additionalProperties`` out, which allows any other
+    field, whereas the API refuses (400) a body with a field its Struct does not declare when
+    the Struct says ``forbid_unknown_fields=True`` (:class:`FeedbackIn`, :class:`KeyIn`). The
+    schema is made by the plugin that would make it otherwise (Litestar's own for Structs),
+    then closed. Register it before Litestar's own (``Litestar(plugins=[...])`` does).
+    """
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        """A Struct (not a union of them) that forbids unknown fields."""
+        if field_definition.is_union or not field_definition.is_subclass_of(msgspec.Struct):
+            return False
+        return bool(field_definition.type_.__struct_config__.forbid_unknown_fields)
+
+    def to_openapi_schema(
+        self, field_definition: FieldDefinition, schema_creator: SchemaCreator
+    ) -> Schema:
+        """The Struct's schema, closed."""
+        plugin = next(
+            p
+            for p in schema_creator.plugins
+            if p is not self and schema_creator.plugin_supports_field(p, field_definition)
+        )
+        schema = plugin.to_openapi_schema(field_definition, schema_creator)
+        schema.additional_properties = False
+        return schema
 
 
 class FeedbackIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -9,12 +9,14 @@ from typing import Annotated
 import anyio.to_thread
 import msgspec
 from litestar import Controller, MediaType, Response, get
+from litestar.openapi import ResponseSpec
 from litestar.params import QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from txfast.api.auth import EXCLUDE_FROM_AUTH, requires
+from txfast.api.auth import EXCLUDE_FROM_AUTH, OpenOperation, requires
 from txfast.api.context import Ctx
-from txfast.api.errors import bad_request
+from txfast.api.errors import bad_request, error_responses
+from txfast.api.params import DATE_TIME, parse_date_time
 from txfast.api.schemas import Health, Readiness, StatsOut
 from txfast.exceptions import RegistryError, StoreError
 from txfast.store.base import to_utc_naive
@@ -31,7 +33,13 @@ class StatsController(Controller):
     tags = ["stats"]
     guards = [requires("viewer")]
 
-    @get("/", operation_id="getStats", summary="Dashboard statistics", sync_to_thread=True)
+    @get(
+        "/",
+        operation_id="getStats",
+        summary="Dashboard statistics",
+        responses=error_responses(400, 401, 503),
+        sync_to_thread=True,
+    )
     def stats(
         self,
         ctx: Ctx,
@@ -39,11 +47,18 @@ class StatsController(Controller):
             int, QueryParameter(ge=1, le=3660, description="Window length in UTC days, to until.")
         ] = 30,
         since: Annotated[
-            datetime | None, QueryParameter(description="Window start (default: until - days).")
+            str | None,
+            QueryParameter(
+                description="Window start, RFC 3339, no offset = UTC (default: until - days).",
+                schema_extra=DATE_TIME,
+            ),
         ] = None,
         until: Annotated[
-            datetime | None,
-            QueryParameter(description="Window end, exclusive (default: the end of today, UTC)."),
+            str | None,
+            QueryParameter(
+                description="Window end, exclusive (default: the end of today, UTC).",
+                schema_extra=DATE_TIME,
+            ),
         ] = None,
         top_merchants: Annotated[
             int, QueryParameter(ge=0, le=100, description="Merchants with the most alerts listed.")
@@ -53,16 +68,17 @@ class StatsController(Controller):
 
         ``runtime`` carries the scorer's throughput and latency when the API runs in it.
         """
-        if until is None:
+        start, end = parse_date_time("since", since), parse_date_time("until", until)
+        if end is None:
             today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            until = today + timedelta(days=1)
-        if since is None:
-            since = until - timedelta(days=days)
-        lo, hi = to_utc_naive(since), to_utc_naive(until)
+            end = today + timedelta(days=1)
+        if start is None:
+            start = end - timedelta(days=days)
+        lo, hi = to_utc_naive(start), to_utc_naive(end)
         assert lo is not None and hi is not None
         if hi <= lo:
             raise bad_request("until", "must be after since")
-        stats = ctx.require_store().stats(since, until, top_merchants=top_merchants)
+        stats = ctx.require_store().stats(start, end, top_merchants=top_merchants)
         runtime = None
         if ctx.runtime_stats is not None:
             try:
@@ -73,18 +89,40 @@ class StatsController(Controller):
 
 
 class SystemController(Controller):
-    """Liveness, readiness and metrics: no key needed (probes and scrapers)."""
+    """Liveness, readiness and metrics: no key needed (probes and scrapers).
+
+    ``opt`` lets their requests through without a key; ``operation_class`` says so in the
+    schema (``security: []``).
+    """
 
     path = "/"
     tags = ["system"]
     opt = EXCLUDE_FROM_AUTH
 
-    @get("/health", operation_id="health", summary="Liveness", sync_to_thread=False)
+    @get(
+        "/health",
+        operation_id="health",
+        summary="Liveness",
+        operation_class=OpenOperation,
+        sync_to_thread=False,
+    )
     def health(self) -> Health:
         """The process answers (it does not look at the store or the model)."""
         return Health()
 
-    @get("/ready", operation_id="ready", summary="Readiness: store and champion model")
+    @get(
+        "/ready",
+        operation_id="ready",
+        summary="Readiness: store and champion model",
+        operation_class=OpenOperation,
+        responses={
+            503: ResponseSpec(
+                Readiness,
+                description="Not ready: the store or the champion model failed (says which).",
+                generate_examples=False,
+            )
+        },
+    )
     async def ready(self, ctx: Ctx) -> Response[Readiness]:
         """200 when the store answers and the champion model loads, else 503 saying why."""
 
@@ -109,6 +147,7 @@ class SystemController(Controller):
         operation_id="metrics",
         summary="Prometheus metrics of the API",
         media_type=MediaType.TEXT,
+        operation_class=OpenOperation,
         sync_to_thread=False,
     )
     def metrics(self, ctx: Ctx) -> Response[bytes]:
