@@ -26,8 +26,9 @@ For each backend (DuckDB in a temporary file; PostgreSQL in a throwaway cluster 
    - a ``GET /alerts/stream`` client: for every alert event received, the time from the alert's
      ``created_at`` to the arrival of its ``data`` line. ``created_at`` is stamped by the
      pipeline when the batch has been scored (scores, rules and explanations computed), just
-     before the store write; so this is store commit + the feed's store poll (every 250 ms) +
-     encoding + delivery. Both processes run on this machine's clock (``time.time()``).
+     before the store write; so this is store commit + the feed's store read (woken by the
+     pipeline after each write, as ``txfast run --api`` wires it) + encoding + delivery. Both
+     processes run on this machine's clock (``time.time()``).
 
 Before the scorer starts, the same load runs ``--baseline`` seconds against the same server
 (``idle_*``: what the scorer adds). Each backend is measured as shipped and again with
@@ -494,6 +495,7 @@ def measure(
         runtime_stats=pipeline.summary.as_dict,
         scorer_metrics=None if metrics is None else metrics.registry,
     )
+    pipeline.on_stored.append(app.state["ctx"].alerts_stored)
     server = ApiServer(app, "127.0.0.1", 0).start()
     if nodelay:
         # ApiServer binds its socket with proto 0, so asyncio does not set TCP_NODELAY on the

@@ -131,12 +131,6 @@ def test_requests_need_a_valid_key(client: TestClient, store: Store, tokens: dic
             assert r.status_code == 401, (headers, path, r.text)
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert "API key" in r.json()["detail"] or "Authorization" in r.json()["detail"]
-    # A revoked key stops working at once.
-    vera = next(k for k in store.list_api_keys() if k.name == "vera")
-    assert client.get("/alerts", headers=auth(tokens["viewer"])).status_code == 200
-    store.revoke_api_key(vera.id)
-    r = client.get("/alerts", headers=auth(tokens["viewer"]))
-    assert r.status_code == 401 and r.json()["detail"] == "revoked API key"
     # Probes, metrics and the schema need no key.
     for path in ("/health", "/ready", "/metrics", "/schema", "/schema/openapi.json"):
         assert client.get(path).status_code == 200, path
@@ -444,6 +438,30 @@ def test_models_and_promotion(client: TestClient, store: Store, tokens: dict, ap
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "version"
 
 
+def test_a_key_revoked_elsewhere_is_refused_once_its_cache_entry_expires(
+    store: Store, api_registry: Path, tokens: dict
+) -> None:
+    """Valid keys are trusted for ``key_cache_s`` without a store read; a key revoked by
+    another process (``txfast keys revoke``, here the store directly) is refused after that,
+    and at once without the cache."""
+    vera = next(k for k in store.list_api_keys() if k.name == "vera")
+    with TestClient(make_app(store, api_registry, key_cache_s=0.5)) as c:
+        assert c.get("/alerts", headers=auth(tokens["viewer"])).status_code == 200
+        store.revoke_api_key(vera.id)
+        t0 = time.monotonic()
+        r = c.get("/alerts", headers=auth(tokens["viewer"]))
+        if time.monotonic() - t0 < 0.4:  # still within the entry's life
+            assert r.status_code == 200, "the cached key is trusted until it expires"
+        time.sleep(0.6)
+        r = c.get("/alerts", headers=auth(tokens["viewer"]))
+        assert r.status_code == 401 and r.json()["detail"] == "revoked API key"
+    alice = next(k for k in store.list_api_keys() if k.name == "alice")
+    with TestClient(make_app(store, api_registry, key_cache_s=0)) as c:
+        assert c.get("/alerts", headers=auth(tokens["analyst"])).status_code == 200
+        store.revoke_api_key(alice.id)
+        assert c.get("/alerts", headers=auth(tokens["analyst"])).status_code == 401
+
+
 def test_keys_endpoints(client: TestClient, store: Store, tokens: dict) -> None:
     d = auth(tokens["admin"])
     r = client.post("/keys", json={"name": "dash", "role": "viewer"}, headers=d)
@@ -725,6 +743,31 @@ def test_the_stream_delivers_new_alerts(store: Store, api_registry: Path, tokens
             assert nxt == {":": "keep-alive"}, nxt
         metrics = http.get("/metrics").text
         assert "txfast_api_stream_events_total 2.0" in metrics
+
+
+def test_a_store_write_in_this_process_wakes_the_feed_at_once(
+    store: Store, api_registry: Path, tokens: dict
+) -> None:
+    """With a 30 s poll tick, an alert still arrives at once when the scorer in this process
+    says it stored something (``alerts_stored``, as ``txfast run --api`` wires it)."""
+    app = make_app(store, api_registry, stream_poll_s=30, stream_keepalive_s=60)
+    ctx = app.state["ctx"]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+        with http.stream("GET", "/alerts/stream", headers=auth(tokens["viewer"])) as resp:
+            events = EventReader(resp)
+            assert events.next(5)[":"] == "connected"
+            for i in range(3):
+                written = time.monotonic()
+                store.write_batch(
+                    scored_batch(
+                        [Row(id=f"woke-{i}", ts=T0, risk="HIGH", action="alert", created=now)]
+                    )
+                )
+                ctx.alerts_stored()
+                got = events.next_alert(10)
+                assert got["id"] == f"woke-{i}"
+                assert time.monotonic() - written < 2.0, "delivered on the notice, not the tick"
 
 
 def test_two_subscribers_share_one_poller(store: Store, api_registry: Path, tokens: dict) -> None:

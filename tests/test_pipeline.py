@@ -297,3 +297,22 @@ def test_a_shadow_challenger_is_stored_beside_the_champion_and_never_acts(
         assert shadow == pytest.approx(as_champion["tx"][tx][0], abs=1e-6)
     assert shadowed["alerts"].keys() == plain["alerts"].keys()
     assert all(v is not None for v in shadowed["alerts"].values())
+
+
+def test_on_stored_hooks_run_after_each_durable_write(history: Path, registry: Path) -> None:
+    """An API served in the scorer's process is told of every store write, after it."""
+    settings = load_settings(
+        env={}, overrides={"store": "duckdb::memory:", "registry": str(registry)}
+    )
+    pipe = Pipeline.from_settings(settings)
+    seen: list[int] = []
+    pipe.on_stored.append(lambda: seen.append(pipe.store.count("transactions")))
+
+    def broken() -> None:
+        raise RuntimeError("a listener that fails")
+
+    pipe.on_stored.append(broken)  # logged, never fails the batch
+    summary = pipe.run(FileSource(str(history), batch_size=1000), source="history")
+    assert len(seen) == summary.batches > 1
+    assert seen == sorted(seen) and seen[-1] == summary.scored  # each after its commit
+    pipe.store.close()

@@ -545,25 +545,34 @@ def test_invariants_hold_for_any_small_simulation(
 
 
 def test_a_paced_simulated_source_batches_by_linger_and_releases_when_due() -> None:
-    """At ``rate`` events/s a batch holds ``rate × linger`` events and is yielded once its
-    last event is due; unpaced, batches are ``batch_size`` events."""
+    """Paced, a batch holds the events due by its release (about ``rate × linger`` of them
+    when the consumer keeps up, more when it is late, never over ``batch_size``); unpaced,
+    batches are ``batch_size`` events."""
     import time
 
     from txfast.sources import SimulatedSource
 
-    src = SimulatedSource(cards=20, days=1, seed=3, rate=2000, batch_size=8192, linger_ms=25)
-    total = src.table().num_rows
+    src = SimulatedSource(cards=600, days=1, seed=3, rate=2000, batch_size=120, linger_ms=25)
+    everything = [
+        p
+        for b in SimulatedSource(cards=600, days=1, seed=3, batch_size=64)
+        for p in b.payloads or []
+    ]
     t0 = time.perf_counter()
-    seen = 0
-    for batch in src:
-        assert batch.position == seen
-        n = len(batch.payloads or [])
-        seen += n
+    seen: list[bytes] = []
+    sizes = []
+    for i, batch in enumerate(src):
+        assert batch.position == len(seen)
+        seen.extend(batch.payloads or [])
+        sizes.append(len(batch.payloads or []))
         # Never ahead of the pace: its last event was due when the batch came out.
-        assert time.perf_counter() - t0 >= (seen - 1) / 2000 - 1e-3
-        if seen < total:
-            assert n == 50  # 2000/s × 25 ms
-        if seen >= 400:
+        assert time.perf_counter() - t0 >= (len(seen) - 1) / 2000 - 1e-3
+        if i == 5:
+            time.sleep(0.2)  # a slow consumer: the next batch is larger, capped
+        if len(seen) >= 1000:
             break
+    assert seen == everything[: len(seen)]  # in order, nothing lost or repeated
+    assert max(sizes) == 120 == sizes[6]  # 0.2 s late: 400 events due, 120 at most
+    assert 30 <= sorted(sizes)[len(sizes) // 2] <= 80  # keeping up: about 2000/s × 25 ms
     fast = SimulatedSource(cards=20, days=1, seed=3, batch_size=16)
     assert [len(b.payloads or []) for b in fast][:3] == [16, 16, 16]

@@ -854,7 +854,7 @@ def run(
     server = _start_api(
         settings,
         api,
-        pipeline.store,
+        pipeline,
         lambda: pipeline.summary.as_dict(),
         None if pipeline.metrics is None else pipeline.metrics.registry,
     )
@@ -889,9 +889,12 @@ def run(
 
 
 def _start_api(
-    settings: Settings, api: str | None, store: Any, runtime_stats: Any, scorer_metrics: Any
+    settings: Settings, api: str | None, pipeline: Any, runtime_stats: Any, scorer_metrics: Any
 ) -> Any:
-    """Serve the API on ``api`` (``HOST:PORT``) from ``store`` in a thread; ``None`` if unset."""
+    """Serve the API on ``api`` (``HOST:PORT``) from the pipeline's store in a thread.
+
+    Returns ``None`` if ``api`` is unset. The live feed is told of each store write.
+    """
     if not api:
         return None
     from txfast.api import ApiServer, create_app
@@ -900,8 +903,9 @@ def _start_api(
     if not port.isdigit():
         raise click.BadParameter(f"expected HOST:PORT, got {api!r}", param_hint="--api")
     app = create_app(
-        settings, store=store, runtime_stats=runtime_stats, scorer_metrics=scorer_metrics
+        settings, store=pipeline.store, runtime_stats=runtime_stats, scorer_metrics=scorer_metrics
     )
+    pipeline.on_stored.append(app.state["ctx"].alerts_stored)
     server = ApiServer(app, host.strip("[]") or "127.0.0.1", int(port)).start()
     click.echo(f"alerts API on {server.url}", err=True)
     return server
@@ -972,7 +976,7 @@ def _run_kafka(
     server = _start_api(
         settings,
         api,
-        scorer.pipeline.store,
+        scorer.pipeline,
         lambda: scorer.stats.as_dict(),
         None if metrics is None else metrics.registry,
     )

@@ -135,6 +135,9 @@ class Pipeline:
         self.batch_log = BatchLog(
             log, parse_duration_ms(settings.pipeline.log_every) / 1000, LEVELS
         )
+        # Called after every successful store write (any thread), e.g. by an API served in
+        # this process, so that its live feed reads the new alerts at once.
+        self.on_stored: list[Callable[[], None]] = []
         self.label_cursor = 0  # the last store label event given to the engine
         self._label_poll_s = parse_duration_ms(settings.features.label_poll) / 1000
         self._next_label_poll = 0.0
@@ -349,6 +352,11 @@ class Pipeline:
                 extra={"event": "store_recovered", "attempts": attempt},
             )
         result.stages["store"] = time.perf_counter() - t0
+        for hook in self.on_stored:
+            try:
+                hook()
+            except Exception:  # a listener's failure never fails the batch
+                log.exception("an on_stored hook failed")
         self._count(result.decoded, result.decisions, result.stored.dead_letters)
         if observe:
             self.observe(result)

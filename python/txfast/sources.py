@@ -359,19 +359,48 @@ class SimulatedSource:
     def __iter__(self) -> Iterator[SourceBatch]:
         from txfast.simulate import iter_json_batches
 
-        size = self.batch_size
-        if self.rate > 0:
-            size = max(1, min(size, round(self.rate * self.linger_ms / 1000)))
-        t0 = time.perf_counter()
+        if self.rate <= 0:
+            position = 0
+            for payloads in iter_json_batches(self.table(), self.batch_size):
+                yield SourceBatch(position, payloads=payloads)
+                position += len(payloads)
+            return
+        yield from self._paced(iter_json_batches(self.table(), self._chunk()))
+
+    def _chunk(self) -> int:
+        return max(1, min(self.batch_size, round(self.rate * self.linger_ms / 1000)))
+
+    def _paced(self, chunks: Iterator[list[bytes]]) -> Iterator[SourceBatch]:
+        """Every ``linger_ms`` (or at once when the consumer is late), the events due by now.
+
+        Like a consumer of a live topic: a batch never holds an event before it is due, and
+        a consumer slower than the stream gets bigger batches (up to ``batch_size``) rather
+        than falling further behind.
+        """
+        linger = self.linger_ms / 1000
+        pending: list[bytes] = []
         position = 0
-        for payloads in iter_json_batches(self.table(), size):
-            if self.rate > 0:
-                due = t0 + (position + len(payloads) - 1) / self.rate  # its last event
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            yield SourceBatch(position, payloads=payloads)
-            position += len(payloads)
+        t0 = last = time.perf_counter()
+        exhausted = False
+        while True:
+            delay = last + linger - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            last = time.perf_counter()
+            due = min(int((last - t0) * self.rate) + 1 - position, self.batch_size)
+            while len(pending) < due and not exhausted:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
+                else:
+                    pending.extend(chunk)
+            n = min(due, len(pending))
+            if n > 0:
+                yield SourceBatch(position, payloads=pending[:n])
+                del pending[:n]
+                position += n
+            elif exhausted:
+                return
 
 
 def open_source(

@@ -52,6 +52,7 @@ def create_app(
     cors_origins: Sequence[str] | None = None,
     stream_poll_s: float = 0.25,
     stream_keepalive_s: float = 15.0,
+    key_cache_s: float = 5.0,
     debug: bool = False,
 ) -> Litestar:
     """The alerts API (alerts, feedback, live feed, stats, models, keys) and the dashboard.
@@ -73,6 +74,9 @@ def create_app(
             ``None``: no CORS headers (same-origin only).
         stream_poll_s: Seconds between the live feed's store polls.
         stream_keepalive_s: Seconds between keep-alive comments of a quiet live feed.
+        key_cache_s: Seconds a valid API key is trusted without reading the store again; a
+            key revoked by another process (``txfast keys revoke``) is refused at most this
+            much later, one revoked through this app at once. 0: read on every request.
         debug: Litestar's debug mode (tracebacks in error responses: never in production).
 
     Returns:
@@ -86,6 +90,7 @@ def create_app(
         runtime_stats=runtime_stats,
         keepalive_s=stream_keepalive_s,
         poll_interval_s=stream_poll_s,
+        key_cache_s=key_cache_s,
     )
 
     @asynccontextmanager

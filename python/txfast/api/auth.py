@@ -78,8 +78,13 @@ class ApiKeyAuth(AbstractAuthenticationMiddleware):
                 "malformed Authorization header: use 'Bearer <token>'", headers=_CHALLENGE
             )
         ctx: ApiContext = connection.app.state["ctx"]
+        key = ctx.cached_key(token)
+        if key is not None:  # looked up a moment ago: no store read, no thread hop
+            return AuthenticationResult(user=key, auth=None)
         store = ctx.require_store()
         key = await anyio.to_thread.run_sync(store.lookup_api_key, token)
+        if key is not None:
+            ctx.remember_key(token, key)
         if key is None:
             raise NotAuthorizedException("invalid API key", headers=_CHALLENGE)
         if key.revoked:

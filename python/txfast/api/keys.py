@@ -72,7 +72,9 @@ class KeysController(Controller):
     )
     def revoke(self, ctx: Ctx, request: Request[ApiKey, Any, Any], key_id: FromPath[int]) -> ApiKey:
         """Revoke a key at once (idempotent); its requests get 401 from now on."""
-        return ctx.require_store().revoke_api_key(key_id, actor=request.user.name)
+        key = ctx.require_store().revoke_api_key(key_id, actor=request.user.name)
+        ctx.forget_keys()
+        return key
 
 
 class MeController(Controller):

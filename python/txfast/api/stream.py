@@ -8,6 +8,11 @@ sent: a batch whose commit lands after a later batch's (several scorers, or a st
 retried after an outage) is still sent, once. The poller runs only while someone listens; it
 starts at the newest stored alert, so a client sees the alerts stored after it subscribed.
 
+When the API runs inside the scorer process, the pipeline calls :meth:`AlertBroadcaster.notify`
+after each store write, and the poller reads at once instead of at its next tick: the feed's
+delay is then the store commit plus one read, not up to ``interval`` more. The reads are the
+same, so what is sent, and in what order, does not change.
+
 Each subscriber has a bounded queue; one that falls ``max_queue`` events behind is
 disconnected (an ``EventSource`` reconnects by itself) rather than slowing the others.
 """
@@ -82,6 +87,8 @@ class AlertBroadcaster:
         self._lock = asyncio.Lock()
         self._cursor = _Cursor()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
         self.sent = 0
         """Events queued to subscribers since the start."""
 
@@ -103,11 +110,22 @@ class AlertBroadcaster:
             if self._closed:
                 raise StoreError("the alert stream is shut down")
             if self._task is None:
+                self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
                 self._cursor = await anyio.to_thread.run_sync(self._start_cursor)
                 self._task = asyncio.create_task(self._run(), name="txfast-alert-poller")
             sub = Subscription(frozenset(levels), asyncio.Queue(self.max_queue))
             self._subscribers.add(sub)
         return sub
+
+    def notify(self) -> None:
+        """New alerts were stored: poll now rather than at the next tick (any thread)."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or self._task is None:
+            return  # nobody listens
+        try:
+            loop.call_soon_threadsafe(wake.set)
+        except RuntimeError:  # the loop is closed (shutdown)
+            pass
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop listening (the poller stops with the last subscriber)."""
@@ -165,8 +183,14 @@ class AlertBroadcaster:
     async def _run(self) -> None:
         failures = 0
         try:
+            wake = self._wake
+            assert wake is not None
             while self._subscribers:
-                await asyncio.sleep(self.interval * min(2**failures, 40))
+                try:  # the next tick, or sooner when the scorer says it stored alerts
+                    await asyncio.wait_for(wake.wait(), self.interval * min(2**failures, 40))
+                except TimeoutError:
+                    pass
+                wake.clear()
                 if not self._subscribers:
                     break
                 try:
