@@ -497,6 +497,8 @@ def measure(
     )
     pipeline.on_stored.append(app.state["ctx"].alerts_stored)
     server = ApiServer(app, "127.0.0.1", 0).start()
+    gc.collect()  # as `txfast run` does: start-up objects out of the collector's scans
+    gc.freeze()
     if nodelay:
         # ApiServer binds its socket with proto 0, so asyncio does not set TCP_NODELAY on the
         # accepted connections: a response written in two sends waits for the client's
@@ -556,6 +558,7 @@ def measure(
         scorer.join(60)
         server.stop()
         pipeline.store.close()
+        gc.unfreeze()
     if failure:
         raise RuntimeError(f"the scorer failed: {failure[0]!r}") from failure[0]
 
