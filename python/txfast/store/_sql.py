@@ -60,10 +60,12 @@ __all__ = [
     "Executor",
     "SqlStore",
     "fold_sql",
+    "group_rollups",
     "rollup_columns",
     "rollup_ddl",
     "rollup_insert_sql",
     "history_rows",
+    "rollup_rows",
     "rollups",
     "unique_ids",
 ]
@@ -227,15 +229,16 @@ def _str(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     return col if col.type == pa.string() else col.cast(pa.string())
 
 
-def rollups(new_tx: pa.Table | None, new_alerts: pa.Table | None) -> dict[str, pa.Table]:
-    """The rollup increments of the rows a batch actually inserted.
+def rollup_rows(new_tx: pa.Table | None, new_alerts: pa.Table | None) -> pa.Table | None:
+    """The rollup increments of the rows a batch inserted, one row per inserted row.
 
-    Stored transactions count in ``n`` and ``amount`` (base currency), inserted alerts in
-    ``alerts``.
+    Every rollup's key columns (``bucket``, ``day``, ``country``, ``merchant_id``,
+    ``risk_level``, ``model_version``) and sums: a stored transaction counts ``n = 1`` and its
+    ``amount_base``, an inserted alert ``alerts = 1``. The deltas may hold such rows as they
+    are (readers and :func:`fold_sql` sum them), or grouped by :func:`rollups`.
 
     Returns:
-        Rollup table name → its increments (the columns of :func:`rollup_columns`, one row
-        per key); empty when nothing was inserted.
+        The increments, or None when nothing was inserted.
     """
     parts = []
     for table, is_alert in ((new_tx, False), (new_alerts, True)):
@@ -261,8 +264,26 @@ def rollups(new_tx: pa.Table | None, new_alerts: pa.Table | None) -> dict[str, p
             )
         )
     if not parts:
-        return {}
-    rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return None
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def rollups(new_tx: pa.Table | None, new_alerts: pa.Table | None) -> dict[str, pa.Table]:
+    """The rollup increments of the rows a batch actually inserted, grouped by key.
+
+    Stored transactions count in ``n`` and ``amount`` (base currency), inserted alerts in
+    ``alerts``.
+
+    Returns:
+        Rollup table name → its increments (the columns of :func:`rollup_columns`, one row
+        per key); empty when nothing was inserted.
+    """
+    rows = rollup_rows(new_tx, new_alerts)
+    return {} if rows is None else group_rollups(rows)
+
+
+def group_rollups(rows: pa.Table) -> dict[str, pa.Table]:
+    """Rollup table name → the increments of :func:`rollup_rows` ``rows``, one row per key."""
     out = {}
     for name, key in ROLLUPS.items():
         agg = rows.group_by(list(key), use_threads=False).aggregate([(c, "sum") for c in _SUMS])
