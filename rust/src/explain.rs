@@ -99,21 +99,17 @@ const FAST_MAX_TABLE_VALUES: usize = 16 << 20;
 /// A row's walk is summarised per leaf by its *path pattern*: bit `d` set when the row
 /// satisfies the split at depth `d` of the leaf's path. A table per *unit* holds, for every
 /// pattern, the contributions of the unit's distinct path features, so explaining a row is
-/// one pass over the tree's nodes in index order (children follow parents) carrying the
-/// pattern down, then one table row per unit. A unit is a lone leaf, or a node whose two
-/// children are both leaves: their tables are summed into one indexed by the node's
-/// pattern plus the bit of its own split, which halves the additions of a full tree.
+/// one branch-free pass over the tree's splits in node order (children follow parents)
+/// carrying the pattern down to every node, then one table row per unit. A unit is a lone
+/// leaf, or a node whose two children are both leaves: their tables are summed into one
+/// indexed by the node's pattern plus the bit of its own split (the pattern of its left
+/// child), which halves the additions of a full tree.
 #[derive(Clone, Debug)]
 struct FastTree {
-    /// Per node: [`INTERNAL`], [`LEAF`] (a lone-leaf unit), [`PAIR`] (a node whose
-    /// children are both leaves, one unit) or [`PAIRED`] (a leaf of a pair).
-    kind: Vec<u8>,
-    /// Depth of every node (the bit its split sets in its children's patterns).
-    depth: Vec<u8>,
-    /// Per node: `x < threshold` goes left (non-strict splits are moved one ulp up).
-    threshold: Vec<f64>,
-    /// Per node: its unit for a [`LEAF`] or [`PAIR`] node.
-    unit_of: Vec<u32>,
+    /// Every internal node, in node order.
+    splits: Vec<FastSplit>,
+    /// Per unit: the node whose pattern indexes its table (a lone leaf; a pair's left leaf).
+    unit_node: Vec<u32>,
     /// Per unit: number of distinct path features `m` (0 for a root-only tree).
     unit_m: Vec<u8>,
     /// Per unit: offset of its `m` features in `features`.
@@ -124,14 +120,26 @@ struct FastTree {
     table: Vec<f64>,
 }
 
-const INTERNAL: u8 = 0;
-const LEAF: u8 = 1;
-const PAIR: u8 = 2;
-const PAIRED: u8 = 3;
+/// One internal node of a [`FastTree`], everything its step needs side by side.
+#[derive(Clone, Copy, Debug)]
+struct FastSplit {
+    /// `x < threshold` goes left (a non-strict split's threshold is moved one ulp up).
+    threshold: f64,
+    feature: u32,
+    /// This node and its children, tree-relative.
+    node: u32,
+    left: u32,
+    right: u32,
+    /// The node's depth: the pattern bit its split sets.
+    bit: u8,
+    /// Where a missing value goes.
+    default_left: bool,
+}
 
 impl FastTree {
     /// Appends a unit; `None` when the tables outgrow their limit or their offsets.
-    fn push_unit(&mut self, features: Vec<u32>, table: Vec<f64>) -> Option<()> {
+    fn push_unit(&mut self, node: usize, features: Vec<u32>, table: Vec<f64>) -> Option<()> {
+        self.unit_node.push(u32::try_from(node).ok()?);
         self.unit_m.push(features.len() as u8);
         self.unit_features
             .push(u32::try_from(self.features.len()).ok()?);
@@ -302,17 +310,9 @@ impl TreeEnsemble {
 
     fn fast_tree(&self, t: usize) -> Option<FastTree> {
         let start = self.tree_offsets[t];
-        let size = self.tree_offsets[t + 1] - start;
         let mut tree = FastTree {
-            kind: vec![INTERNAL; size],
-            depth: vec![0; size],
-            threshold: (start..start + size)
-                .map(|i| match self.strict_less {
-                    true => self.threshold[i],
-                    false => self.threshold[i].next_up(),
-                })
-                .collect(),
-            unit_of: vec![0; size],
+            splits: Vec::new(),
+            unit_node: Vec::new(),
             unit_m: Vec::new(),
             unit_features: Vec::new(),
             unit_table: Vec::new(),
@@ -327,34 +327,40 @@ impl TreeEnsemble {
             if path.len() >= FAST_MAX_PATH_DEPTH {
                 return None;
             }
-            tree.depth[local] = path.len() as u8;
             if self.is_leaf[i] {
-                tree.kind[local] = LEAF;
-                tree.unit_of[local] = tree.unit_m.len() as u32;
                 let (features, table) = fast_leaf(&path, self.value[i]);
-                tree.push_unit(features, table)?;
+                tree.push_unit(local, features, table)?;
                 continue;
             }
             let f = self.feature[i];
             let (l, r) = (self.left[i] as usize, self.right[i] as usize);
+            tree.splits.push(FastSplit {
+                threshold: match self.strict_less {
+                    true => self.threshold[i],
+                    false => self.threshold[i].next_up(),
+                },
+                feature: f,
+                node: local as u32,
+                left: l as u32,
+                right: r as u32,
+                bit: path.len() as u8,
+                default_left: self.default_left[i],
+            });
             let zero = |child: usize| self.cover[start + child] / self.cover[i];
             if self.is_leaf[start + l] && self.is_leaf[start + r] {
-                tree.kind[local] = PAIR;
-                (tree.kind[l], tree.kind[r]) = (PAIRED, PAIRED);
-                tree.unit_of[local] = tree.unit_m.len() as u32;
                 let with = |child: usize| {
                     let mut p = path.clone();
                     p.push((f, zero(child)));
                     fast_leaf(&p, self.value[start + child])
                 };
                 let ((features, left), (_, right)) = (with(l), with(r));
-                // Index: the node's pattern plus bit `d` when the row goes left; the right
-                // leaf's own pattern has that bit flipped.
+                // Index: the left leaf's pattern (the node's, plus bit `d` when the row goes
+                // left); the right leaf's own pattern has that bit flipped.
                 let (m, bit) = (features.len(), 1usize << path.len());
                 let table = (0..left.len())
                     .map(|j| left[j] + right[((j / m) ^ bit) * m + j % m])
                     .collect();
-                tree.push_unit(features, table)?;
+                tree.push_unit(l, features, table)?;
                 continue;
             }
             for child in [l, r] {
@@ -363,6 +369,7 @@ impl TreeEnsemble {
                 stack.push((child, p));
             }
         }
+        tree.splits.sort_unstable_by_key(|s| s.node); // parents before children
         Some(tree)
     }
 
@@ -388,28 +395,15 @@ impl TreeEnsemble {
         let pat = &mut work.node_pattern[..size];
         for (r, row) in x.chunks_exact(f).enumerate() {
             pat[0] = 0;
-            for local in 0..size {
-                let kind = tree.kind[local];
-                if kind == PAIRED {
-                    continue;
-                }
-                let p = pat[local];
-                if kind == LEAF {
-                    work.unit_pattern[tree.unit_of[local] as usize * rows + r] = p;
-                    continue;
-                }
-                let i = start + local;
-                let v = row[self.feature[i] as usize];
-                let left =
-                    ((v as f64) < tree.threshold[local]) | (v.is_nan() & self.default_left[i]);
-                let bit = tree.depth[local];
-                if kind == PAIR {
-                    work.unit_pattern[tree.unit_of[local] as usize * rows + r] =
-                        p | ((left as u32) << bit);
-                } else {
-                    pat[self.left[i] as usize] = p | ((left as u32) << bit);
-                    pat[self.right[i] as usize] = p | ((!left as u32) << bit);
-                }
+            for s in &tree.splits {
+                let p = pat[s.node as usize];
+                let v = row[s.feature as usize];
+                let left = ((v as f64) < s.threshold) | (v.is_nan() & s.default_left);
+                pat[s.left as usize] = p | ((left as u32) << s.bit);
+                pat[s.right as usize] = p | ((!left as u32) << s.bit);
+            }
+            for (u, &node) in tree.unit_node.iter().enumerate() {
+                work.unit_pattern[u * rows + r] = pat[node as usize];
             }
         }
         for unit in 0..units {
