@@ -315,6 +315,9 @@ class KafkaScorer:
             # being written (CONCURRENT_TRANSACTIONS) and are retried: after 100 ms by
             # default, which would be most of each batch's latency.
             "retry.backoff.ms": 2,
+            # Retries back off exponentially up to this (1 s by default): a few consecutive
+            # CONCURRENT_TRANSACTIONS answers then held a batch for half a second.
+            "retry.backoff.max.ms": 20,
             "socket.nagle.disable": True,
             "message.max.bytes": 16 << 20,
             "compression.type": "lz4",
