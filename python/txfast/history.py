@@ -15,9 +15,12 @@ predicted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +102,52 @@ def feed_history_labels(
     )
 
 
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+_DONE = object()
+
+
+def _prefetched(items: Iterable[_T], work: Callable[[_T], _U], depth: int = 4) -> Iterator[_U]:
+    """``work(item)`` for each item, computed on a thread up to ``depth`` items ahead.
+
+    For native work that releases the GIL (reading and decoding a file's next batches while
+    the caller computes features of this one: both cores busy). Exceptions reach the caller
+    in order; the thread ends when the caller stops early.
+    """
+    out: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(work(item)):
+                    return
+        except BaseException as e:  # handed to the caller
+            put(e)
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=produce, name="txfast-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (value := out.get()) is not _DONE:
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _label_delay_ms(settings: Settings, label_delay_ms: int | None) -> int:
     if label_delay_ms is None:
         return parse_duration_ms(settings.features.label_delay)
@@ -128,8 +177,9 @@ def iter_feature_batches(
     decoder = build_decoder(settings)
     engine = engine_from_settings(settings.features)
     names = list(engine.feature_names)
-    for batch in source:
-        decoded = batch.decode(decoder)
+    # The file's next batches are read and decoded on a thread while this one's features
+    # are computed (both native, without the GIL).
+    for batch, decoded in _prefetched(source, lambda b: (b, b.decode(decoder))):
         rejected = [
             Rejected(r.index + batch.position, r.reason, r.message, r.payload)
             for r in decoded.rejected
