@@ -575,6 +575,7 @@ def test_the_detail_view_shows_the_transaction_and_its_explanation(
     # Closing, and opening by URL (#alert=ID), which is shareable.
     page.click("#detail-close")
     assert not page.is_visible("#detail")
+    page.wait_for_function("() => location.hash === ''")  # closing leaves the alert's URL
     page.goto(f"{live.url}/#alert={tid}")
     page.wait_for_selector("#explain-chart[data-rendered=true]")
     assert tid in page.inner_text("#detail-title")

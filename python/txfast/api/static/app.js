@@ -932,7 +932,14 @@
   }
 
   window.addEventListener('hashchange', routeFromHash);
-  $('#detail-close').addEventListener('click', () => $('#detail').close());
+  $('#detail-close').addEventListener('click', () => {
+    // Leave the alert's #hash at once (the dialog's close event comes later, queued): a
+    // link to the same alert followed right after must open it again.
+    if (state.detailId !== null && location.hash === `#alert=${encodeURIComponent(state.detailId)}`) {
+      history.replaceState(null, '', location.pathname + location.search);
+    }
+    $('#detail').close();
+  });
   $('#detail').addEventListener('close', () => {
     // The close event is queued: the page may already have moved to another alert's #hash.
     const closed = state.detailId;
