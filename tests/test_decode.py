@@ -206,6 +206,16 @@ def test_native_decoder_equals_reference(events: list[dict[str, object]]) -> Non
         assert c["user_id"][k].as_py() == ref.user_id
         assert c["merchant_category"][k].as_py() == ref.merchant_category
         assert int(c["label"][k]) == ref.label
+        assert c["channel_name"][k].as_py() == ref.channel
+        known = list(_core.CHANNELS[:5])
+        code = (
+            0
+            if ref.channel is None
+            else known.index(ref.channel) + 1
+            if (ref.channel in known)
+            else 6
+        )
+        assert int(c["channel"][k]) == code
 
 
 @pytest.mark.parametrize(
@@ -218,3 +228,121 @@ def test_control_characters_in_ids_are_rejected(card: str) -> None:
     assert len(batch) == 0
     assert isinstance(ref, Rejection)
     assert batch.rejected[0].reason == ref.reason
+
+
+# --- history tables: typed columns are judged like the same event sent as JSON ---------------
+
+_STR = st.one_of(st.none(), _text)
+_rows = st.fixed_dictionaries(
+    {
+        "transaction_id": _STR,
+        "timestamp_ms": st.one_of(st.none(), st.floats(9e11, 4.2e12), st.just(1.7e12 + 0.5)),
+        "timestamp_text": st.one_of(
+            st.none(),
+            st.sampled_from(["2026-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "yesterday"]),
+        ),
+        "card_id": _STR,
+        "user_id": _STR,
+        "amount": st.one_of(st.none(), st.floats(-10, 1e10)),
+        "currency": st.one_of(st.none(), st.sampled_from(["EUR", "usd", " GBP ", "XXX"])),
+        "merchant_id": _STR,
+        "merchant_category": _STR,
+        "country": st.one_of(st.none(), st.sampled_from(["FR", "de", "USA", ""])),
+        "lat": st.one_of(st.none(), st.floats(-100, 100)),
+        "lon": st.one_of(st.none(), st.floats(-200, 200)),
+        "channel": st.one_of(st.none(), st.sampled_from(["POS", " ecom", "Kiosk", ""])),
+        "device_id": _STR,
+        "label": st.one_of(st.none(), st.sampled_from([0, 1, 2, -1])),
+    }
+)
+
+
+def _as_json(row: dict[str, object]) -> bytes:
+    """The contract document a table row stands for (what a JSON producer would send)."""
+    doc = {k: v for k, v in row.items() if v is not None and not k.startswith("timestamp")}
+    ms, text = row["timestamp_ms"], row["timestamp_text"]
+    if ms is not None:
+        doc["timestamp"] = ms
+    elif text is not None:
+        doc["timestamp"] = text
+    return msgspec.json.encode(doc)
+
+
+def _table(rows: list[dict[str, object]]) -> object:
+    import pyarrow as pa
+
+    from txfast.decode import TABLE_NUMBER_COLUMNS
+
+    types = {k: pa.float64() for k in TABLE_NUMBER_COLUMNS} | {"label": pa.int64()}
+    return pa.RecordBatch.from_pydict(
+        {k: pa.array([r[k] for r in rows], types.get(k, pa.string())) for k in rows[0]}
+    )
+
+
+@settings(
+    max_examples=300,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.lists(_rows, min_size=1, max_size=20))
+def test_table_rows_are_judged_like_json_events(rows: list[dict[str, object]]) -> None:
+    table = _table(rows)
+    got = Decoder(RATES).decode_table(table)
+    want = Decoder(RATES).decode([_as_json(r) for r in rows])
+    assert [(r.index, r.reason) for r in got.rejected] == [
+        (r.index, r.reason) for r in want.rejected
+    ]
+    for k, v in want.columns.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(got.columns[k], v, err_msg=k)
+        else:
+            assert got.columns[k].equals(v), k
+    for r in got.rejected:  # the payload is the row as a contract document
+        doc = json.loads(r.payload)
+        assert doc.get("transaction_id") == rows[r.index]["transaction_id"]
+
+
+def test_table_slices_nulls_and_ids_only() -> None:
+    import pyarrow as pa
+
+    rows = [
+        {
+            "transaction_id": f"t{i}",
+            "timestamp_ms": 1.772e12 + i,
+            "timestamp_text": None,
+            "card_id": f"c{i % 3}",
+            "user_id": None if i % 2 else f"u{i}",
+            "amount": float(i + 1),
+            "currency": "usd",
+            "merchant_id": "m1",
+            "merchant_category": None,
+            "country": "fr",
+            "lat": None,
+            "lon": None,
+            "channel": "POS",
+            "device_id": None,
+            "label": None if i % 3 else 1,
+        }
+        for i in range(40)
+    ]
+    rows[5]["amount"] = None  # missing
+    rows[33]["card_id"] = "4111111111111111"  # a card number: masked in the payload
+    table = _table(rows)
+    part = table.slice(3, 35)  # Arrow offsets into shared buffers
+    got = Decoder(RATES).decode_table(part)
+    want = Decoder(RATES).decode([_as_json(r) for r in rows[3:38]])
+    assert [(r.index, r.reason) for r in got.rejected] == [
+        (2, "missing_field"),
+        (30, "pan_card_id"),
+    ]
+    assert b"4111111111111111" not in got.rejected[1].payload
+    assert got.columns["user_id"].equals(want.columns["user_id"])
+    np.testing.assert_array_equal(got.columns["label"], want.columns["label"])
+    slim = Decoder(RATES).decode_table(pa.Table.from_batches([part]), ids_only=True)
+    assert slim.columns["transaction_id"].equals(got.columns["transaction_id"])
+    assert slim.columns["card_id"] is None and slim.columns["currency"] is None
+    np.testing.assert_array_equal(slim.columns["card"], got.columns["card"])
+    np.testing.assert_array_equal(slim.columns["amount_base"], got.columns["amount_base"])
+    with pytest.raises(KeyError):
+        Decoder(RATES).decode_table(table.drop_columns(["lat"]))

@@ -732,3 +732,21 @@ def test_evict_idle_drops_the_previous_event_of_a_late_event() -> None:
     assert rows[True]["card_secs_since_prev"] == -1
     window_columns = [n for n in rows[False] if n != "card_secs_since_prev"]
     assert [rows[True][n] for n in window_columns] == [rows[False][n] for n in window_columns]
+
+
+def test_features_written_into_rows_of_a_larger_matrix() -> None:
+    events = [event(T + i * SECOND, card_id=f"card-{i % 3}", amount=5.0 + i) for i in range(12)]
+    whole = FeatureEngine(**SMALL).process(*to_columns(events))
+    engine = FeatureEngine(**SMALL)
+    X = np.full((20, whole.shape[1]), -7.0, dtype=np.float32)
+    first = engine.process(*to_columns(events[:5]), out=X[2:7])
+    assert first.base is X or np.shares_memory(first, X)
+    engine.process(*to_columns(events[5:]), out=X[7:14])
+    np.testing.assert_array_equal(X[2:14], whole)
+    assert (X[:2] == -7).all() and (X[14:] == -7).all()  # nothing written outside
+    with pytest.raises(InputError, match="cells"):
+        engine.process(*to_columns(events[:2]), out=X[0:3])
+    with pytest.raises(InputError, match="columns"):
+        engine.process(*to_columns(events[:2]), out=np.zeros((2, 3), np.float32))
+    with pytest.raises(InputError, match="contiguous"):
+        engine.process(*to_columns(events[:2]), out=np.zeros((whole.shape[1], 2), np.float32).T)

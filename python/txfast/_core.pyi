@@ -93,6 +93,7 @@ class FeatureEngine:
         lat: NDArray[np.float64],
         lon: NDArray[np.float64],
         channel: NDArray[np.uint8],
+        out: NDArray[np.float32] | None = None,
     ) -> NDArray[np.float32]:
         """Compute the features of a batch and add its events to the state.
 
@@ -190,6 +191,22 @@ class Decoder:
         """Decode a JSON-lines buffer; ``index`` is the line number. Releases the GIL."""
     def decode_offsets(self, data: NDArray[np.uint8], offsets: NDArray[np.int64]) -> dict[str, Any]:
         """Decode payloads stored back to back (Arrow layout). Releases the GIL."""
+
+    def decode_table(
+        self,
+        rows: int,
+        strings: dict[str, tuple[NDArray[np.int64], NDArray[np.uint8], NDArray[np.uint8], int]],
+        numbers: dict[str, tuple[NDArray[np.float64], NDArray[np.uint8], int]],
+        label: tuple[NDArray[np.int64], NDArray[np.uint8], int],
+        *,
+        ids_only: bool = False,
+    ) -> dict[str, Any]:
+        """Decode a history table given as Arrow buffers. Releases the GIL.
+
+        String columns are ``(offsets, data, validity bitmap, bitmap offset)``, numbers
+        ``(values, bitmap, bitmap offset)`` (an empty bitmap: no nulls). With ``ids_only``
+        the string columns other than ``transaction_id`` are None.
+        """
 
 def line_spans(buffer: bytes) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Byte ``(starts, ends)`` of the lines of a JSON-lines buffer."""

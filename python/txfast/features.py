@@ -183,6 +183,8 @@ class FeatureEngine:
         lat: ArrayLike,
         lon: ArrayLike,
         channel: ArrayLike,
+        *,
+        out: NDArray[np.float32] | None = None,
     ) -> NDArray[np.float32]:
         """Compute the feature rows of a batch and add its events to the state.
 
@@ -202,20 +204,25 @@ class FeatureEngine:
             lat: Latitudes in degrees, NaN when absent (float64).
             lon: Longitudes in degrees, NaN when absent (float64).
             channel: Channel codes (uint8).
+            out: Where to write the rows: a C-contiguous ``float32`` array of shape
+                ``(n, len(feature_names))``, for example rows of a larger matrix (no copy).
 
         Returns:
-            A C-contiguous ``float32`` array of shape ``(n, len(feature_names))``.
+            A C-contiguous ``float32`` array of shape ``(n, len(feature_names))`` (``out``
+            when given).
 
         Raises:
             txfast.exceptions.InputError: If the columns differ in length or hold invalid
                 values (non-positive amount, half a location); the state is then unchanged.
         """
         values = (ts_ms, card, amount, merchant, user, category, country, lat, lon, channel)
-        columns: list[Any] = [
+        c: list[Any] = [
             np.ascontiguousarray(value, dtype=dtype)
             for value, (_, dtype) in zip(values, _DTYPES, strict=True)
         ]
-        return self._engine.process(*columns)
+        return self._engine.process(
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], out=out
+        )
 
     @property
     def labels_enabled(self) -> bool:

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from txfast.config import Settings, parse_duration_ms
-from txfast.decode import Rejected
+from txfast.decode import DecodedBatch, Rejected
 from txfast.features import FeatureEngine, engine_from_settings
 from txfast.pipeline import build_decoder
 from txfast.sources import ColumnMapping, FileSource
@@ -154,6 +155,49 @@ def _label_delay_ms(settings: Settings, label_delay_ms: int | None) -> int:
     return label_delay_ms
 
 
+def _replayed(
+    settings: Settings,
+    path: str | Path,
+    mapping: ColumnMapping | None,
+    label_delay_ms: int | None,
+) -> Iterator[tuple[FeatureEngine, DecodedBatch, list[Rejected], int | None]]:
+    """``(engine, decoded batch, rejected, rows in the file)`` per batch of a history file.
+
+    The batch's labels have been given to the engine; the caller computes its features
+    (``engine.process``) before taking the next batch. ``rows in the file`` is known
+    beforehand for Parquet files only (None otherwise).
+    """
+    delay = _label_delay_ms(settings, label_delay_ms)
+    source = FileSource(
+        path,
+        batch_size=settings.pipeline.batch_size,
+        mapping=mapping,
+        base_currency=settings.decoder.base_currency,
+    )
+    # One thread reads and decodes the file while the caller's computes features (a replay
+    # is sequential): more threads in either only take turns with the other. Parquet is
+    # cheap to read on one thread; CSV parsing keeps DuckDB's threads.
+    if source.format == "parquet":
+        source.threads = 1
+    rows = source.row_count()
+    decoder = build_decoder(settings)
+    features = settings.features
+    if features.threads is None:
+        features = msgspec.structs.replace(features, threads=1)
+    engine = engine_from_settings(features)
+    # The file's next batches are read and decoded on a thread while this one's features
+    # are computed (both native, without the GIL).
+    # Only the ids and the numeric columns are used: the other strings are not copied.
+    decode = lambda b: (b, b.decode(decoder, ids_only=True))  # noqa: E731
+    for batch, decoded in _prefetched(source, decode):
+        rejected = [
+            Rejected(r.index + batch.position, r.reason, r.message, r.payload)
+            for r in decoded.rejected
+        ]
+        feed_history_labels(engine, decoded.columns, delay)
+        yield engine, decoded, rejected, rows
+
+
 def iter_feature_batches(
     settings: Settings,
     path: str | Path,
@@ -167,33 +211,17 @@ def iter_feature_batches(
     label features on, the labels of the history are fed as label events known
     ``label_delay_ms`` (default ``settings.features.label_delay``) after their transaction.
     """
-    delay = _label_delay_ms(settings, label_delay_ms)
-    source = FileSource(
-        path,
-        batch_size=settings.pipeline.batch_size,
-        mapping=mapping,
-        base_currency=settings.decoder.base_currency,
-    )
-    decoder = build_decoder(settings)
-    engine = engine_from_settings(settings.features)
-    names = list(engine.feature_names)
-    # The file's next batches are read and decoded on a thread while this one's features
-    # are computed (both native, without the GIL).
-    for batch, decoded in _prefetched(source, lambda b: (b, b.decode(decoder))):
-        rejected = [
-            Rejected(r.index + batch.position, r.reason, r.message, r.payload)
-            for r in decoded.rejected
-        ]
-        c = decoded.columns
-        feed_history_labels(engine, c, delay)
+    for engine, decoded, rejected, _ in _replayed(settings, path, mapping, label_delay_ms):
         X = engine.process(**decoded.feature_inputs())
+        c = decoded.columns
         cols: dict[str, pa.Array] = {
             "transaction_id": c["transaction_id"],
             "ts_ms": pa.array(c["ts_ms"]),
             "label": pa.array(c["label"]),
         }
-        for j, name in enumerate(names):
-            cols[name] = pa.array(X[:, j])
+        XT = np.ascontiguousarray(X.T)  # one transpose, then each column is contiguous
+        for j, name in enumerate(engine.feature_names):
+            cols[name] = pa.array(XT[j])
         yield pa.table(cols), rejected
 
 
@@ -218,29 +246,36 @@ def replay_features(
     """
     engine = engine_from_settings(settings.features)
     names = list(engine.feature_names)
-    tables, rejected = [], []
-    for t, r in iter_feature_batches(settings, path, mapping, label_delay_ms=label_delay_ms):
-        tables.append(t)
+    ids: list[pa.Array] = [pa.array([], pa.large_string())]
+    ts: list[np.ndarray] = [np.zeros(0, np.int64)]
+    labels: list[np.ndarray] = [np.zeros(0, np.int8)]
+    # Features are written straight into one matrix (sized from the file when it says how
+    # many rows it has, grown by doubling otherwise): no per-batch matrix, no final copy.
+    X = np.empty((0, len(names)), np.float32)
+    filled = 0
+    rejected: list[Rejected] = []
+    for eng, decoded, r, rows in _replayed(settings, path, mapping, label_delay_ms):
+        n = len(decoded)
+        if filled + n > len(X):
+            grown = np.empty(
+                (max(filled + n, rows or 0, 2 * len(X), 65536), len(names)), np.float32
+            )
+            grown[:filled] = X[:filled]
+            X = grown
+        eng.process(**decoded.feature_inputs(), out=X[filled : filled + n])
+        filled += n
+        c = decoded.columns
+        ids.append(c["transaction_id"])
+        ts.append(c["ts_ms"])
+        labels.append(c["label"])
         rejected.extend(r)
-    if tables:
-        table = pa.concat_tables(tables)
-    else:
-        table = pa.table(
-            {
-                "transaction_id": pa.array([], pa.large_string()),
-                "ts_ms": pa.array([], pa.int64()),
-                "label": pa.array([], pa.int8()),
-                **{n: pa.array([], pa.float32()) for n in names},
-            }
-        )
-    X = np.empty((table.num_rows, len(names)), dtype=np.float32)
-    for j, n in enumerate(names):
-        X[:, j] = table[n].to_numpy()
+    # Release what rejected rows or doubling left unused when it is a sizeable share.
+    X = X[:filled] if filled >= 0.9 * len(X) else X[:filled].copy()
     return FeatureSet(
-        transaction_id=table["transaction_id"].combine_chunks(),
-        ts_ms=table["ts_ms"].to_numpy(),
+        transaction_id=pa.concat_arrays(ids),
+        ts_ms=np.concatenate(ts),
         X=X,
-        label=table["label"].to_numpy(),
+        label=np.concatenate(labels),
         feature_names=names,
         feature_version=engine.feature_version,
         rejected=rejected,

@@ -44,31 +44,39 @@ _STRING_FIELDS = {
     "device_id",
 }
 
+_FIELD_TYPES = {"amount": "DOUBLE", "lat": "DOUBLE", "lon": "DOUBLE", "label": "BIGINT"}
+"""DuckDB types of the non-string contract fields in a history table."""
+
 
 @dataclass(frozen=True, slots=True)
 class SourceBatch:
-    """A batch of raw events: a list of payloads, a JSON-lines buffer or an Arrow array.
+    """A batch of raw events: a list of payloads, a JSON-lines buffer or typed columns.
 
     Attributes:
         position: Position (line / row / offset) of the first event in its source.
         payloads: One message per event, or ``None``.
         lines: A JSON-lines buffer, or ``None``.
-        documents: An Arrow string array of JSON documents, or ``None``.
+        table: Rows of a history table, one typed column per contract field (see
+            :meth:`txfast.decode.Decoder.decode_table`), or ``None``.
     """
 
     position: int
     payloads: Sequence[bytes | None] | None = None
     lines: bytes | None = None
-    documents: pa.Array | None = None
+    table: pa.RecordBatch | None = None
 
-    def decode(self, decoder: Decoder) -> DecodedBatch:
-        """Decode with ``decoder`` (native, GIL released)."""
+    def decode(self, decoder: Decoder, *, ids_only: bool = False) -> DecodedBatch:
+        """Decode with ``decoder`` (native, GIL released).
+
+        ``ids_only`` lets a table batch keep ``transaction_id`` as its only string column
+        (see :meth:`txfast.decode.Decoder.decode_table`); other batches keep them all.
+        """
         if self.payloads is not None:
             return decoder.decode(self.payloads)
         if self.lines is not None:
             return decoder.decode_lines(self.lines)
-        assert self.documents is not None
-        return decoder.decode_arrow(self.documents)
+        assert self.table is not None
+        return decoder.decode_table(self.table, ids_only=ids_only)
 
 
 class ColumnMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -153,9 +161,10 @@ class FileSource:
     """Replays a history file in batches.
 
     JSON-lines files without a mapping are decoded from their original bytes. CSV, Parquet
-    and mapped JSON files are read by DuckDB, which renders each row as a JSON document
-    following the contract; the native decoder validates it like any other event, and a
-    rejected row keeps that JSON rendering as its payload.
+    and mapped JSON files are read by DuckDB into one typed column per contract field (see
+    :meth:`table_sql`); the native decoder validates each row by the same rules as a JSON
+    event, without rendering it as JSON, and a rejected row's payload is the row as a JSON
+    contract document.
 
     Args:
         path: ``.jsonl``/``.json``/``.ndjson``, ``.csv``/``.csv.gz`` or ``.parquet``.
@@ -163,6 +172,7 @@ class FileSource:
         mapping: Column mapping for files with other column names.
         base_currency: Currency of amounts in files (CSV, Parquet, mapped JSON) without a
             currency column or default.
+        threads: Threads DuckDB reads CSV and Parquet files with (default: one per CPU).
     """
 
     def __init__(
@@ -172,8 +182,10 @@ class FileSource:
         batch_size: int = 8192,
         mapping: ColumnMapping | None = None,
         base_currency: str = "EUR",
+        threads: int | None = None,
     ) -> None:
         self.path = Path(path)
+        self.threads = threads
         if not self.path.exists():
             raise ConfigError(f"data file {self.path} does not exist")
         self.batch_size = batch_size
@@ -191,6 +203,14 @@ class FileSource:
                 f"cannot tell the format of {self.path}: use .jsonl, .csv or .parquet"
             )
         self.name = f"file:{self.path}"
+
+    def row_count(self) -> int | None:
+        """Rows in the file when it says so without being read (Parquet), else None."""
+        if self.format != "parquet":
+            return None
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(self.path).metadata.num_rows)
 
     def __iter__(self) -> Iterator[SourceBatch]:
         if self.format == "json" and self.mapping is None and not self.path.name.endswith(".gz"):
@@ -235,8 +255,16 @@ class FileSource:
             return f"read_parquet({p})"
         return f"read_json_auto({p}, format = 'newline_delimited')"
 
-    def contract_sql(self, con: Any) -> str:
-        """The DuckDB query rendering each row as one contract JSON document."""
+    def table_sql(self, con: Any) -> str:
+        """The DuckDB query reading the file as the columns of a history table.
+
+        Strings are ``VARCHAR``; ``amount``, ``lat``, ``lon`` ``DOUBLE``; ``label`` ``BIGINT``;
+        the timestamp is ``timestamp_ms`` (epoch ms as ``DOUBLE``: from a timestamp or date
+        column, a number, or text DuckDB can read as a timestamp) and, for text columns,
+        ``timestamp_text`` (the original text, which the decoder parses or quotes when it
+        rejects the row). Values that cannot be cast become nulls and are then reported as
+        missing by the decoder.
+        """
         reader = self._reader_sql()
         types = {
             r[0]: str(r[1]).upper()
@@ -244,7 +272,7 @@ class FileSource:
         }
         mapping = self.mapping or ColumnMapping()
         unit = mapping.options.get("timestamp_unit", "ms")
-        parts = []
+        cols: dict[str, str] = {}
         for fld in CONTRACT_FIELDS:
             col = mapping.columns.get(fld, fld if fld in types else None)
             if col is not None and col not in types:
@@ -252,44 +280,48 @@ class FileSource:
                     f"{self.path}: mapped column {col!r} for {fld!r} is missing; "
                     f"columns are {sorted(types)}"
                 )
+            kind = _FIELD_TYPES.get(fld, "VARCHAR")
+            default = mapping.defaults.get(fld)
+            if fld == "currency" and default is None:
+                default = self.base_currency
             if col is None:
-                if fld in mapping.defaults:
-                    parts.append(f"{fld} := {_literal(mapping.defaults[fld])}")
-                elif fld == "currency":
-                    parts.append(f"{fld} := {_literal(self.base_currency)}")
-                elif fld == "transaction_id":
+                if fld == "timestamp":
+                    number = isinstance(default, (int, float))
+                    ms = _literal(default) if number else "NULL"  # type: ignore[arg-type]
+                    text = "NULL" if default is None or number else _literal(str(default))
+                    cols["timestamp_ms"] = f"CAST({ms} AS DOUBLE)"
+                    cols["timestamp_text"] = f"CAST({text} AS VARCHAR)"
+                elif fld == "transaction_id" and default is None:
                     stem = _literal(self.path.name.split(".")[0] + "-")
-                    parts.append(f"{fld} := {stem} || CAST(row_number() OVER () - 1 AS VARCHAR)")
+                    cols[fld] = f"{stem} || CAST(row_number() OVER () - 1 AS VARCHAR)"
+                else:
+                    value = "NULL" if default is None else _literal(default)
+                    cols[fld] = f"TRY_CAST({value} AS {kind})"
                 continue
             c, t = _quote(col), types[col]
             if fld == "timestamp":
                 if t.startswith(("TIMESTAMP", "DATE")):
-                    expr = f"strftime(CAST({c} AS TIMESTAMP), '%Y-%m-%dT%H:%M:%S.%gZ')"
-                elif t in ("VARCHAR",):
-                    expr = (
-                        f"COALESCE(strftime(TRY_CAST({c} AS TIMESTAMPTZ) AT TIME ZONE 'UTC', "
-                        f"'%Y-%m-%dT%H:%M:%S.%gZ'), {c})"
-                    )
+                    cols["timestamp_ms"] = f"CAST(epoch_ms(CAST({c} AS TIMESTAMP)) AS DOUBLE)"
+                    cols["timestamp_text"] = "CAST(NULL AS VARCHAR)"
+                elif t == "VARCHAR":
+                    cols["timestamp_ms"] = f"CAST(epoch_ms(TRY_CAST({c} AS TIMESTAMPTZ)) AS DOUBLE)"
+                    cols["timestamp_text"] = c
                 else:
-                    expr = f"CAST({c} AS BIGINT) * 1000" if unit == "s" else c
-            elif fld in _STRING_FIELDS:
+                    scale = " * 1000" if unit == "s" else ""
+                    cols["timestamp_ms"] = f"TRY_CAST({c} AS DOUBLE){scale}"
+                    cols["timestamp_text"] = "CAST(NULL AS VARCHAR)"
+                continue
+            if kind == "VARCHAR":
                 expr = f"CAST({c} AS VARCHAR)"
                 if fld in mapping.tokenized:
                     expr = f"'tok_' || substr(sha256({expr}), 1, 24)"
-                if fld in mapping.defaults:
-                    expr = f"COALESCE({expr}, {_literal(mapping.defaults[fld])})"
-            elif fld == "label":
-                expr = f"TRY_CAST({c} AS INTEGER)"
             else:
-                expr = (
-                    c
-                    if t in ("DOUBLE", "FLOAT", "BIGINT", "INTEGER", "DECIMAL")
-                    else (f"TRY_CAST({c} AS DOUBLE)")
-                )
-            parts.append(f"{fld} := {expr}")
-        return (
-            f"SELECT CAST(to_json(struct_pack({', '.join(parts)})) AS VARCHAR) AS doc FROM {reader}"
-        )
+                expr = f"TRY_CAST({c} AS {kind})"
+            if default is not None:
+                expr = f"COALESCE({expr}, TRY_CAST({_literal(default)} AS {kind}))"
+            cols[fld] = expr
+        select = ", ".join(f"{expr} AS {_quote(name)}" for name, expr in cols.items())
+        return f"SELECT {select} FROM {reader}"
 
     def _duckdb_rows(self) -> Iterator[SourceBatch]:
         import duckdb
@@ -297,15 +329,16 @@ class FileSource:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            rel = con.sql(self.contract_sql(con))
+            if self.threads is not None:
+                con.execute(f"SET threads = {int(self.threads)}")
+            rel = con.sql(self.table_sql(con))
             # duckdb 2 streams relations with to_arrow_reader; 1.x calls it record_batch.
             to_reader: Any = getattr(rel, "to_arrow_reader", None) or rel.record_batch
             reader = to_reader(self.batch_size)
             position = 0
             for rb in reader:
-                docs = rb.column(0)
-                yield SourceBatch(position, documents=docs)
-                position += len(docs)
+                yield SourceBatch(position, table=rb)
+                position += rb.num_rows
         finally:
             con.close()
 

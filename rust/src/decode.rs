@@ -74,15 +74,31 @@ pub const CHANNELS: [&str; 6] = ["pos", "ecom", "atm", "moto", "transfer", "othe
 
 /// Map a channel name to its code: 0 absent, 1..=5 known channels, 6 any other value.
 pub fn channel_code(name: &str) -> u8 {
-    let lower = name.trim().to_ascii_lowercase();
-    match lower.as_str() {
-        "" => 0,
-        "pos" => 1,
-        "ecom" => 2,
-        "atm" => 3,
-        "moto" => 4,
-        "transfer" => 5,
-        _ => 6,
+    let name = name.trim();
+    if name.is_empty() {
+        return 0;
+    }
+    CHANNELS[..5]
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(name))
+        .map_or(6, |k| k as u8 + 1)
+}
+
+/// `s` in ASCII upper case, borrowed when it already is.
+fn upper(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(s.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// `s` in ASCII lower case, borrowed when it already is.
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -102,6 +118,9 @@ pub struct DecoderConfig {
     pub max_event_bytes: usize,
     /// Largest accepted amount (in the event's currency).
     pub max_amount: f64,
+    /// `rates` keyed by the three letters packed in a `u32`, sorted (no string hashing per
+    /// event).
+    packed_rates: Vec<(u32, f64)>,
 }
 
 impl DecoderConfig {
@@ -151,12 +170,38 @@ impl DecoderConfig {
                 "max_amount must be a positive finite number".into(),
             ));
         }
+        let mut packed_rates: Vec<(u32, f64)> = table
+            .iter()
+            .filter_map(|(code, rate)| pack_code(code).map(|k| (k, *rate)))
+            .collect();
+        packed_rates.sort_by_key(|&(k, _)| k);
         Ok(Self {
             base_currency: base,
             rates: table,
             max_event_bytes,
             max_amount,
+            packed_rates,
         })
+    }
+}
+
+/// A three-byte code packed in a `u32` (None for other lengths).
+fn pack_code(s: &str) -> Option<u32> {
+    match s.as_bytes() {
+        &[a, b, c] => Some(u32::from_le_bytes([a, b, c, 0])),
+        _ => None,
+    }
+}
+
+impl DecoderConfig {
+    /// The rate of an upper-case currency code, if the table has it.
+    #[inline]
+    fn rate(&self, code: &str) -> Option<f64> {
+        let key = pack_code(code)?;
+        self.packed_rates
+            .binary_search_by_key(&key, |&(k, _)| k)
+            .ok()
+            .map(|i| self.packed_rates[i].1)
     }
 }
 
@@ -216,6 +261,9 @@ impl StrColumn {
 /// Accepted events as columns (row `k` came from payload `index[k]`).
 #[derive(Debug, Default)]
 pub struct Columns {
+    /// Only `transaction_id` among the string columns was kept (the others are empty): for
+    /// replaying history into features, which needs the ids and the numeric columns only.
+    pub ids_only: bool,
     pub index: Vec<u32>,
     pub ts_ms: Vec<i64>,
     pub amount: Vec<f64>,
@@ -252,38 +300,38 @@ pub struct Decoded {
 // Raw event as it appears on the wire.
 
 #[derive(Deserialize)]
-struct RawEvent<'a> {
+pub(crate) struct RawEvent<'a> {
     #[serde(borrow, default)]
-    transaction_id: Option<Cow<'a, str>>,
+    pub(crate) transaction_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    timestamp: Option<RawTs<'a>>,
+    pub(crate) timestamp: Option<RawTs<'a>>,
     #[serde(borrow, default)]
-    card_id: Option<Cow<'a, str>>,
+    pub(crate) card_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    user_id: Option<Cow<'a, str>>,
+    pub(crate) user_id: Option<Cow<'a, str>>,
     #[serde(default)]
-    amount: Option<f64>,
+    pub(crate) amount: Option<f64>,
     #[serde(borrow, default)]
-    currency: Option<Cow<'a, str>>,
+    pub(crate) currency: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    merchant_id: Option<Cow<'a, str>>,
+    pub(crate) merchant_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    merchant_category: Option<Cow<'a, str>>,
+    pub(crate) merchant_category: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    country: Option<Cow<'a, str>>,
+    pub(crate) country: Option<Cow<'a, str>>,
     #[serde(default)]
-    lat: Option<f64>,
+    pub(crate) lat: Option<f64>,
     #[serde(default)]
-    lon: Option<f64>,
+    pub(crate) lon: Option<f64>,
     #[serde(borrow, default)]
-    channel: Option<Cow<'a, str>>,
+    pub(crate) channel: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    device_id: Option<Cow<'a, str>>,
+    pub(crate) device_id: Option<Cow<'a, str>>,
     #[serde(default)]
-    label: Option<RawLabel>,
+    pub(crate) label: Option<RawLabel>,
 }
 
-enum RawTs<'a> {
+pub(crate) enum RawTs<'a> {
     Millis(f64),
     Text(Cow<'a, str>),
 }
@@ -317,7 +365,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
 }
 
 /// A label as sent: a bool or any integer (the 0/1 range is checked after all types are).
-struct RawLabel(i64);
+pub(crate) struct RawLabel(pub(crate) i64);
 
 impl<'de> Deserialize<'de> for RawLabel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -345,17 +393,17 @@ impl<'de> Deserialize<'de> for RawLabel {
 // Validation of one event.
 
 /// A validated event, borrowing from the payload where possible.
-struct Event<'a> {
+pub(crate) struct Event<'a> {
     transaction_id: Cow<'a, str>,
     ts_ms: i64,
     card_id: Cow<'a, str>,
     user_id: Option<Cow<'a, str>>,
     amount: f64,
     amount_base: f64,
-    currency: String,
+    currency: Cow<'a, str>,
     merchant_id: Cow<'a, str>,
     merchant_category: Option<Cow<'a, str>>,
-    country: Option<String>,
+    country: Option<Cow<'a, str>>,
     lat: f64,
     lon: f64,
     channel: Option<Cow<'a, str>>,
@@ -363,29 +411,67 @@ struct Event<'a> {
     label: i8,
 }
 
-type Rejection = (Reason, String);
+pub(crate) type Rejection = (Reason, String);
 
 const MAX_ID_LEN: usize = 256;
 
+/// How an id looks: blank (only white space), holding a control character, or fine.
+#[derive(PartialEq)]
+enum IdShape {
+    Blank,
+    Control,
+    Fine,
+}
+
+/// One pass over the bytes for ASCII ids (nearly all of them); `trim` and `char` checks
+/// otherwise. Blank wins over control, as white space includes some control characters.
+#[inline]
+fn id_shape(s: &str) -> IdShape {
+    if s.is_ascii() {
+        let (mut blank, mut control) = (true, false);
+        for b in s.bytes() {
+            let space = b == b' ' || (b'\t'..=b'\r').contains(&b);
+            blank &= space;
+            control |= b < 0x20 || b == 0x7f;
+        }
+        return if blank {
+            IdShape::Blank
+        } else if control {
+            IdShape::Control
+        } else {
+            IdShape::Fine
+        };
+    }
+    if s.trim().is_empty() {
+        IdShape::Blank
+    } else if s.chars().any(char::is_control) {
+        IdShape::Control
+    } else {
+        IdShape::Fine
+    }
+}
+
 fn required_id<'a>(v: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, Rejection> {
-    match v {
-        None => Err((
+    let Some(s) = v else {
+        return Err((
             Reason::MissingField,
             format!("missing required field `{field}`"),
-        )),
-        Some(s) if s.trim().is_empty() => Err((
+        ));
+    };
+    match id_shape(&s) {
+        IdShape::Blank => Err((
             Reason::MissingField,
             format!("required field `{field}` is empty"),
         )),
-        Some(s) if s.len() > MAX_ID_LEN => Err((
+        _ if s.len() > MAX_ID_LEN => Err((
             Reason::InvalidValue,
             format!("`{field}` is longer than {MAX_ID_LEN} bytes"),
         )),
-        Some(s) if s.chars().any(char::is_control) => Err((
+        IdShape::Control => Err((
             Reason::InvalidValue,
             format!("`{field}` contains a control character"),
         )),
-        Some(s) => Ok(s),
+        IdShape::Fine => Ok(s),
     }
 }
 
@@ -393,17 +479,26 @@ fn optional_id<'a>(
     v: Option<Cow<'a, str>>,
     field: &str,
 ) -> Result<Option<Cow<'a, str>>, Rejection> {
-    match v {
-        Some(s) if s.trim().is_empty() => Ok(None),
-        Some(s) if s.len() > MAX_ID_LEN => Err((
+    let Some(s) = v else { return Ok(None) };
+    match id_shape(&s) {
+        IdShape::Blank => Ok(None),
+        _ if s.len() > MAX_ID_LEN => Err((
             Reason::InvalidValue,
             format!("`{field}` is longer than {MAX_ID_LEN} bytes"),
         )),
-        Some(s) if s.chars().any(char::is_control) => Err((
+        IdShape::Control => Err((
             Reason::InvalidValue,
             format!("`{field}` contains a control character"),
         )),
-        other => Ok(other),
+        IdShape::Fine => Ok(Some(s)),
+    }
+}
+
+/// Apply a normalisation that borrows its input where it can, keeping the payload's lifetime.
+fn normalized<'a>(c: Cow<'a, str>, f: impl for<'b> Fn(&'b str) -> Cow<'b, str>) -> Cow<'a, str> {
+    match c {
+        Cow::Borrowed(s) => f(s),
+        Cow::Owned(s) => Cow::Owned(f(&s).into_owned()),
     }
 }
 
@@ -536,7 +631,7 @@ pub fn parse_iso8601_ms(s: &str) -> Result<i64, String> {
     Ok(secs * 1000 + millis)
 }
 
-fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rejection> {
+pub(crate) fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rejection> {
     let label = match raw.label {
         None => -1,
         Some(RawLabel(v)) if v == 0 || v == 1 => v as i8,
@@ -614,10 +709,10 @@ fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rej
                 "missing required field `currency`".into(),
             ))
         }
-        Some(c) => c.trim().to_ascii_uppercase(),
+        Some(c) => normalized(c, |s| upper(s.trim())),
     };
-    let rate = match cfg.rates.get(&currency) {
-        Some(r) => *r,
+    let rate = match cfg.rate(&currency) {
+        Some(r) => r,
         None => {
             let shown: String = currency.chars().take(16).collect();
             return Err((
@@ -630,7 +725,7 @@ fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rej
         None => None,
         Some(c) if c.trim().is_empty() => None,
         Some(c) => {
-            let t = c.trim();
+            let t = normalized(c, |s| upper(s.trim()));
             if t.len() != 2 || !t.bytes().all(|b| b.is_ascii_alphabetic()) {
                 let shown: String = t.chars().take(16).collect();
                 return Err((
@@ -638,7 +733,7 @@ fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rej
                     format!("country {shown:?} is not an ISO 3166-1 alpha-2 code"),
                 ));
             }
-            Some(t.to_ascii_uppercase())
+            Some(t)
         }
     };
     let (lat, lon) = match (raw.lat, raw.lon) {
@@ -678,7 +773,7 @@ fn validate<'a>(raw: RawEvent<'a>, cfg: &DecoderConfig) -> Result<Event<'a>, Rej
         country,
         lat,
         lon,
-        channel: optional_id(raw.channel, "channel")?,
+        channel: optional_id(raw.channel, "channel")?.map(|c| normalized(c, |s| lower(s.trim()))),
         device_id: optional_id(raw.device_id, "device_id")?,
         label,
     })
@@ -734,7 +829,7 @@ fn decode_one<'a>(payload: &'a [u8], cfg: &DecoderConfig) -> Result<Event<'a>, R
     validate(raw, cfg)
 }
 
-fn push_event(c: &mut Columns, index: u32, e: &Event<'_>) {
+pub(crate) fn push_event(c: &mut Columns, index: u32, e: &Event<'_>) {
     c.index.push(index);
     c.ts_ms.push(e.ts_ms);
     c.amount.push(e.amount);
@@ -742,6 +837,7 @@ fn push_event(c: &mut Columns, index: u32, e: &Event<'_>) {
     c.lat.push(e.lat);
     c.lon.push(e.lon);
     c.channel.push(e.channel.as_deref().map_or(0, channel_code));
+    // (channel is already trimmed and in lower case)
     c.label.push(e.label);
     c.card.push(hash_id(e.card_id.as_bytes()));
     c.merchant.push(hash_id(e.merchant_id.as_bytes()));
@@ -755,6 +851,9 @@ fn push_event(c: &mut Columns, index: u32, e: &Event<'_>) {
     c.country
         .push(e.country.as_deref().map_or(0, |s| hash_id(s.as_bytes())));
     c.transaction_id.push(Some(&e.transaction_id));
+    if c.ids_only {
+        return;
+    }
     c.card_id.push(Some(&e.card_id));
     c.user_id.push(e.user_id.as_deref());
     c.merchant_id.push(Some(&e.merchant_id));
@@ -762,14 +861,14 @@ fn push_event(c: &mut Columns, index: u32, e: &Event<'_>) {
         .push(e.merchant_category.as_deref().map(str::trim));
     c.country_code.push(e.country.as_deref());
     c.currency.push(Some(&e.currency));
-    let channel = e.channel.as_deref().map(|s| s.trim().to_ascii_lowercase());
-    c.channel_name.push(channel.as_deref());
+    c.channel_name.push(e.channel.as_deref());
     c.device_id.push(e.device_id.as_deref());
 }
 
 impl Columns {
-    fn with_capacity(n: usize) -> Self {
+    pub(crate) fn with_capacity(n: usize) -> Self {
         Self {
+            ids_only: false,
             index: Vec::with_capacity(n),
             ts_ms: Vec::with_capacity(n),
             amount: Vec::with_capacity(n),
@@ -793,6 +892,41 @@ impl Columns {
             channel_name: StrColumn::with_capacity(n),
             device_id: StrColumn::with_capacity(n),
         }
+    }
+
+    /// Empty columns for `n` rows keeping only `transaction_id` among the strings.
+    pub(crate) fn ids_only(n: usize) -> Self {
+        Self {
+            ids_only: true,
+            transaction_id: StrColumn::with_capacity(n),
+            ..Self::with_capacity(0)
+        }
+        .reserve_numeric(n)
+    }
+
+    fn reserve_numeric(mut self, n: usize) -> Self {
+        for v in [
+            &mut self.amount,
+            &mut self.amount_base,
+            &mut self.lat,
+            &mut self.lon,
+        ] {
+            v.reserve(n);
+        }
+        for v in [
+            &mut self.card,
+            &mut self.merchant,
+            &mut self.user,
+            &mut self.category,
+            &mut self.country,
+        ] {
+            v.reserve(n);
+        }
+        self.index.reserve(n);
+        self.ts_ms.reserve(n);
+        self.channel.reserve(n);
+        self.label.reserve(n);
+        self
     }
 
     /// Number of accepted rows.
@@ -837,7 +971,7 @@ fn append_str(dst: &mut StrColumn, src: StrColumn) {
     dst.valid.extend_from_slice(&src.valid);
 }
 
-fn append(dst: &mut Decoded, src: Decoded) {
+pub(crate) fn append(dst: &mut Decoded, src: Decoded) {
     let (d, s) = (&mut dst.columns, src.columns);
     d.index.extend_from_slice(&s.index);
     d.ts_ms.extend_from_slice(&s.ts_ms);

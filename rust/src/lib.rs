@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod explain;
 pub mod hash;
+pub mod tabular;
 
 #[cfg(feature = "python")]
 mod py;

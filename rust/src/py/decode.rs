@@ -6,9 +6,52 @@ use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use numpy::PyReadonlyArray1;
+
 use crate::decode::{
     decode_batch, split_lines, Decoded, DecoderConfig, Reason, StrColumn, CHANNELS,
 };
+use crate::error::TxError;
+use crate::tabular::{decode_table, NumInput, StrInput, Table, Validity};
+
+/// A string column from Python: `(offsets, data, validity bitmap, bitmap offset)`.
+type PyStrColumn<'py> = (
+    PyReadonlyArray1<'py, i64>,
+    PyReadonlyArray1<'py, u8>,
+    PyReadonlyArray1<'py, u8>,
+    usize,
+);
+/// A numeric column from Python: `(values, validity bitmap, bitmap offset)`.
+type PyNumColumn<'py, T> = (PyReadonlyArray1<'py, T>, PyReadonlyArray1<'py, u8>, usize);
+
+fn str_input<'a>(
+    columns: &'a HashMap<String, PyStrColumn<'_>>,
+    name: &str,
+) -> PyResult<StrInput<'a>> {
+    let (offsets, data, bitmap, offset) = columns
+        .get(name)
+        .ok_or_else(|| TxError::Input(format!("string column `{name}` is missing")))?;
+    Ok(StrInput {
+        offsets: offsets.as_slice()?,
+        data: data.as_slice()?,
+        valid: Validity {
+            bitmap: bitmap.as_slice()?,
+            offset: *offset,
+        },
+        utf8: false,
+    })
+}
+
+fn num_input<'a, T: numpy::Element>(column: &'a PyNumColumn<'_, T>) -> PyResult<NumInput<'a, T>> {
+    let (values, bitmap, offset) = column;
+    Ok(NumInput {
+        values: values.as_slice()?,
+        valid: Validity {
+            bitmap: bitmap.as_slice()?,
+            offset: *offset,
+        },
+    })
+}
 
 /// Decodes and validates raw JSON events into columns (see `txfast.decode.Decoder`).
 #[pyclass(module = "txfast._core", name = "Decoder", frozen)]
@@ -40,14 +83,22 @@ fn to_dict<'py>(py: Python<'py>, d: Decoded) -> PyResult<Bound<'py, PyDict>> {
     out.set_item("category", c.category.into_pyarray(py))?;
     out.set_item("country", c.country.into_pyarray(py))?;
     out.set_item("transaction_id", str_column(py, c.transaction_id)?)?;
-    out.set_item("card_id", str_column(py, c.card_id)?)?;
-    out.set_item("user_id", str_column(py, c.user_id)?)?;
-    out.set_item("merchant_id", str_column(py, c.merchant_id)?)?;
-    out.set_item("merchant_category", str_column(py, c.merchant_category)?)?;
-    out.set_item("country_code", str_column(py, c.country_code)?)?;
-    out.set_item("currency", str_column(py, c.currency)?)?;
-    out.set_item("channel_name", str_column(py, c.channel_name)?)?;
-    out.set_item("device_id", str_column(py, c.device_id)?)?;
+    for (name, column) in [
+        ("card_id", c.card_id),
+        ("user_id", c.user_id),
+        ("merchant_id", c.merchant_id),
+        ("merchant_category", c.merchant_category),
+        ("country_code", c.country_code),
+        ("currency", c.currency),
+        ("channel_name", c.channel_name),
+        ("device_id", c.device_id),
+    ] {
+        if c.ids_only {
+            out.set_item(name, py.None())?;
+        } else {
+            out.set_item(name, str_column(py, column)?)?;
+        }
+    }
     let rejects = PyList::empty(py);
     for r in d.rejects {
         rejects.append((r.index, r.reason.code(), r.message))?;
@@ -135,6 +186,50 @@ impl PyDecoder {
         }
         let cfg = &self.cfg;
         let decoded = py.detach(|| decode_batch(&slices, cfg));
+        to_dict(py, decoded)
+    }
+
+    /// Decode one batch of a history table, one typed column per contract field (see
+    /// `txfast.decode.Decoder.decode_table`); `index` in the result is the row number.
+    /// With `ids_only`, the string columns other than `transaction_id` are None.
+    /// Releases the GIL while validating.
+    #[pyo3(signature = (rows, strings, numbers, label, *, ids_only = false))]
+    fn decode_table<'py>(
+        &self,
+        py: Python<'py>,
+        rows: usize,
+        strings: HashMap<String, PyStrColumn<'py>>,
+        numbers: HashMap<String, PyNumColumn<'py, f64>>,
+        label: PyNumColumn<'py, i64>,
+        ids_only: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let num = |name: &str| {
+            numbers
+                .get(name)
+                .ok_or_else(|| TxError::Input(format!("numeric column `{name}` is missing")))
+                .map_err(PyErr::from)
+                .and_then(num_input)
+        };
+        let table = Table {
+            rows,
+            transaction_id: str_input(&strings, "transaction_id")?,
+            timestamp_ms: num("timestamp_ms")?,
+            timestamp_text: str_input(&strings, "timestamp_text")?,
+            card_id: str_input(&strings, "card_id")?,
+            user_id: str_input(&strings, "user_id")?,
+            amount: num("amount")?,
+            currency: str_input(&strings, "currency")?,
+            merchant_id: str_input(&strings, "merchant_id")?,
+            merchant_category: str_input(&strings, "merchant_category")?,
+            country: str_input(&strings, "country")?,
+            lat: num("lat")?,
+            lon: num("lon")?,
+            channel: str_input(&strings, "channel")?,
+            device_id: str_input(&strings, "device_id")?,
+            label: num_input(&label)?,
+        };
+        let cfg = &self.cfg;
+        let decoded = py.detach(|| decode_table(&table, cfg, ids_only))?;
         to_dict(py, decoded)
     }
 

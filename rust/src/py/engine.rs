@@ -1,7 +1,9 @@
 //! Binding of the feature engine and the id hash: numpy columns in, a `float32` matrix out.
 
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
@@ -88,8 +90,11 @@ impl PyFeatureEngine {
     /// uint64, uint64, uint64, float64, float64, uint8), processes the events in the given
     /// order and returns a C-contiguous float32 array of shape `(n, len(feature_names))`.
     /// Releases the GIL while it works. Raises `InputError` on columns of different lengths or
-    /// invalid values (nothing is changed then).
+    /// invalid values (nothing is changed then). With `out` (a C-contiguous float32 array of
+    /// that shape, for example a row range of a larger matrix), the features are written into
+    /// it and `out` is returned.
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (ts_ms, card, amount, merchant, user, category, country, lat, lon, channel, out = None))]
     fn process<'py>(
         &mut self,
         py: Python<'py>,
@@ -103,6 +108,7 @@ impl PyFeatureEngine {
         lat: PyReadonlyArray1<'py, f64>,
         lon: PyReadonlyArray1<'py, f64>,
         channel: PyReadonlyArray1<'py, u8>,
+        out: Option<Bound<'py, PyArray2<f32>>>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let cols = Columns {
             ts_ms: slice("ts_ms", &ts_ms)?,
@@ -118,6 +124,28 @@ impl PyFeatureEngine {
         };
         let width = self.inner.width();
         let engine = &mut self.inner;
+        if let Some(array) = out {
+            let shape = array.shape().to_vec();
+            if !array.is_c_contiguous() {
+                return Err(TxError::Input("out is not C-contiguous".into()).into());
+            }
+            if shape[1] != width {
+                return Err(TxError::Input(format!(
+                    "out has {} columns, the engine computes {width}",
+                    shape[1]
+                ))
+                .into());
+            }
+            let mut guard = array
+                .try_readwrite()
+                .map_err(|_| TxError::Input("out is read-only or already borrowed".into()))?;
+            let cells = guard
+                .as_slice_mut()
+                .map_err(|_| TxError::Input("out is not C-contiguous".into()))?;
+            py.detach(|| engine.process_into(&cols, cells))?;
+            drop(guard);
+            return Ok(array);
+        }
         let out = py.detach(|| engine.process(&cols))?;
         let rows = out.len().checked_div(width).unwrap_or(0);
         let matrix = Array2::from_shape_vec((rows, width), out).expect("rows × width cells");
