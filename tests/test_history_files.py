@@ -237,7 +237,9 @@ def test_timestamp_forms(tmp_path: Path) -> None:
     (tmp_path / "iso.csv").write_text(
         "id,when,card,shop,amt\n" + "".join(f"{i},{w},c1,m1,5.0\n" for i, w in rows)
     )
-    (tmp_path / "secs.csv").write_text("id,when,card,shop,amt\nd,1772351100,c1,m1,5.0\n")
+    (tmp_path / "secs.csv").write_text(
+        "id,when,card,shop,amt\nd,1772351100,c1,m1,5.0\ne,1772351100.123,c1,m1,5.0\n"
+    )
     m = tmp_path / "m.toml"
     base = (
         '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
@@ -249,7 +251,7 @@ def test_timestamp_forms(tmp_path: Path) -> None:
     assert iso.ts_ms.tolist() == [1772352000000, 1772353800000, 1772354700000]
     (tmp_path / "s.toml").write_text(base + '[options]\ntimestamp_unit = "s"\n')
     secs = replay_features(settings, tmp_path / "secs.csv", ColumnMapping.load(tmp_path / "s.toml"))
-    assert secs.ts_ms.tolist() == [1772351100000]
+    assert secs.ts_ms.tolist() == [1772351100000, 1772351100123]
 
 
 @pytest.mark.parametrize(

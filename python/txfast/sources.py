@@ -307,8 +307,9 @@ class FileSource:
                     cols["timestamp_ms"] = f"CAST(epoch_ms(TRY_CAST({c} AS TIMESTAMPTZ)) AS DOUBLE)"
                     cols["timestamp_text"] = c
                 else:
-                    scale = " * 1000" if unit == "s" else ""
-                    cols["timestamp_ms"] = f"TRY_CAST({c} AS DOUBLE){scale}"
+                    value = f"TRY_CAST({c} AS DOUBLE)"
+                    # Seconds to whole milliseconds (a fraction of a second is kept).
+                    cols["timestamp_ms"] = f"round({value} * 1000)" if unit == "s" else value
                     cols["timestamp_text"] = "CAST(NULL AS VARCHAR)"
                 continue
             if kind == "VARCHAR":
