@@ -204,6 +204,9 @@ def _generate(bootstrap: str, topic: str, rate: int, seconds: float, events_path
     with open(events_path, "rb") as f:
         events = pickle.load(f)
     p = producer(bootstrap, linger_ms=1)
+    # The topic's metadata first: a cold producer holds its first messages while it looks
+    # the partitions up, which would count as txfast's latency.
+    p.list_topics(topic, timeout=30)
     n = int(rate * seconds)
     t0 = time.perf_counter()
     for i in range(n):
@@ -241,12 +244,14 @@ def _read(bootstrap: str, topic: str, ready, done, out) -> None:  # noqa: ANN001
     reader.subscribe([topic])
     samples: list[float] = []
     ready.set()
+    # poll, not consume(n, timeout): consume waits for n messages or the whole timeout, which
+    # would add up to the timeout to every sample.
     while not done.is_set():
-        for m in reader.consume(1000, 0.05):
-            if m.error() is None:
-                now = time.time() * 1000
-                stamp = dict(m.headers() or [])["source_timestamp"]
-                samples.append(now - int(stamp))
+        m = reader.poll(0.05)
+        if m is not None and m.error() is None:
+            now = time.time() * 1000
+            stamp = dict(m.headers() or [])["source_timestamp"]
+            samples.append(now - int(stamp))
     reader.close()
     out.send(samples)
 
