@@ -32,17 +32,6 @@ __all__ = [
 
 _TOKENIZABLE = {"card_id", "user_id", "merchant_id", "device_id"}
 
-_STRING_FIELDS = {
-    "transaction_id",
-    "card_id",
-    "user_id",
-    "currency",
-    "merchant_id",
-    "merchant_category",
-    "country",
-    "channel",
-    "device_id",
-}
 
 _FIELD_TYPES = {"amount": "DOUBLE", "lat": "DOUBLE", "lon": "DOUBLE", "label": "BIGINT"}
 """DuckDB types of the non-string contract fields in a history table."""

@@ -1031,10 +1031,11 @@ pub fn split_lines(buf: &[u8]) -> Vec<&[u8]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cfg() -> DecoderConfig {
+    /// EUR base, USD at 0.9 (shared with the tabular tests).
+    pub(crate) fn cfg() -> DecoderConfig {
         let mut rates = HashMap::new();
         rates.insert("USD".to_string(), 0.9);
         DecoderConfig::new("EUR", rates, 1 << 20, 1e9).unwrap()

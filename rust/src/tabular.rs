@@ -281,16 +281,9 @@ pub fn decode_table(table: &Table<'_>, cfg: &DecoderConfig, ids_only: bool) -> T
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
+    use crate::decode::tests::cfg;
     use crate::decode::{decode_batch, parse_iso8601_ms};
-
-    fn cfg() -> DecoderConfig {
-        let mut rates = HashMap::new();
-        rates.insert("USD".to_string(), 0.9);
-        DecoderConfig::new("EUR", rates, 1 << 20, 1e9).unwrap()
-    }
 
     /// Owned columns for a test table.
     struct Strs {
