@@ -275,27 +275,3 @@ def test_a_mapped_column_missing_from_the_file_is_named(handbook, tmp_path: Path
     (tmp_path / "m.toml").write_text(HANDBOOK_MAPPING.replace("TX_AMOUNT", "TX_AMT"))
     with pytest.raises(ConfigError, match="'TX_AMT' for 'amount' is missing"):
         replay_features(load_settings(env={}), csv_path, ColumnMapping.load(tmp_path / "m.toml"))
-
-
-def test_prefetched_keeps_order_raises_in_order_and_stops_with_the_caller() -> None:
-    import threading
-
-    from txfast.history import _prefetched
-
-    assert list(_prefetched(range(50), lambda i: i * i, depth=3)) == [i * i for i in range(50)]
-
-    def work(i: int) -> int:
-        if i == 7:
-            raise ValueError("bad batch 7")
-        return i
-
-    got = []
-    with pytest.raises(ValueError, match="bad batch 7"):
-        for v in _prefetched(range(20), work):
-            got.append(v)
-    assert got == list(range(7))  # everything before the failure, in order
-    before = threading.active_count()
-    it = _prefetched(iter(range(10**9)), lambda i: i, depth=2)
-    assert next(it) == 0
-    it.close()  # the caller stops early: the thread ends
-    assert threading.active_count() == before

@@ -15,14 +15,11 @@ predicted.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,50 +100,8 @@ def feed_history_labels(
     )
 
 
-_T = TypeVar("_T")
-_U = TypeVar("_U")
-_DONE = object()
-
-
-def _prefetched(items: Iterable[_T], work: Callable[[_T], _U], depth: int = 4) -> Iterator[_U]:
-    """``work(item)`` for each item, computed on a thread up to ``depth`` items ahead.
-
-    For native work that releases the GIL (reading and decoding a file's next batches while
-    the caller computes features of this one: both cores busy). Exceptions reach the caller
-    in order; the thread ends when the caller stops early.
-    """
-    out: queue.Queue[Any] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(work(item)):
-                    return
-        except BaseException as e:  # handed to the caller
-            put(e)
-            return
-        put(_DONE)
-
-    thread = threading.Thread(target=produce, name="txfast-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (value := out.get()) is not _DONE:
-            if isinstance(value, BaseException):
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
+_CHUNK_BATCHES = 16
+"""Batches read and decoded at once, before their features are computed (see _replayed)."""
 
 
 def _label_delay_ms(settings: Settings, label_delay_ms: int | None) -> int:
@@ -174,28 +129,25 @@ def _replayed(
         mapping=mapping,
         base_currency=settings.decoder.base_currency,
     )
-    # One thread reads and decodes the file while the caller's computes features (a replay
-    # is sequential): more threads in either only take turns with the other. Parquet is
-    # cheap to read on one thread; CSV parsing keeps DuckDB's threads.
-    if source.format == "parquet":
-        source.threads = 1
     rows = source.row_count()
     decoder = build_decoder(settings)
-    features = settings.features
-    if features.threads is None:
-        features = msgspec.structs.replace(features, threads=1)
-    engine = engine_from_settings(features)
-    # The file's next batches are read and decoded on a thread while this one's features
-    # are computed (both native, without the GIL).
+    engine = engine_from_settings(settings.features)
+    # Two phases in turn, each with every core: read and decode a few batches (DuckDB and
+    # the decoder both run in parallel), then compute their features (the engine too). On
+    # two cores this measured about 12 % faster than reading on one thread while computing
+    # features on the other, where each phase's threads kept taking turns with the other's.
     # Only the ids and the numeric columns are used: the other strings are not copied.
-    decode = lambda b: (b, b.decode(decoder, ids_only=True))  # noqa: E731
-    for batch, decoded in _prefetched(source, decode):
-        rejected = [
-            Rejected(r.index + batch.position, r.reason, r.message, r.payload)
-            for r in decoded.rejected
-        ]
-        feed_history_labels(engine, decoded.columns, delay)
-        yield engine, decoded, rejected, rows
+    batches = iter(source)
+    while chunk := [
+        (b, b.decode(decoder, ids_only=True)) for b in itertools.islice(batches, _CHUNK_BATCHES)
+    ]:
+        for batch, decoded in chunk:
+            rejected = [
+                Rejected(r.index + batch.position, r.reason, r.message, r.payload)
+                for r in decoded.rejected
+            ]
+            feed_history_labels(engine, decoded.columns, delay)
+            yield engine, decoded, rejected, rows
 
 
 def iter_feature_batches(

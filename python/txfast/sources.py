@@ -161,7 +161,6 @@ class FileSource:
         mapping: Column mapping for files with other column names.
         base_currency: Currency of amounts in files (CSV, Parquet, mapped JSON) without a
             currency column or default.
-        threads: Threads DuckDB reads CSV and Parquet files with (default: one per CPU).
     """
 
     def __init__(
@@ -171,10 +170,8 @@ class FileSource:
         batch_size: int = 8192,
         mapping: ColumnMapping | None = None,
         base_currency: str = "EUR",
-        threads: int | None = None,
     ) -> None:
         self.path = Path(path)
-        self.threads = threads
         if not self.path.exists():
             raise ConfigError(f"data file {self.path} does not exist")
         self.batch_size = batch_size
@@ -319,8 +316,6 @@ class FileSource:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            if self.threads is not None:
-                con.execute(f"SET threads = {int(self.threads)}")
             rel = con.sql(self.table_sql(con))
             # duckdb 2 streams relations with to_arrow_reader; 1.x calls it record_batch.
             to_reader: Any = getattr(rel, "to_arrow_reader", None) or rel.record_batch
