@@ -268,8 +268,8 @@ class FileSource:
                 )
             kind = _FIELD_TYPES.get(fld, "VARCHAR")
             default = mapping.defaults.get(fld)
-            if fld == "currency" and default is None:
-                default = self.base_currency
+            if fld == "currency" and default is None and col is None:
+                default = self.base_currency  # no currency column: amounts in the base one
             if col is None:
                 if fld == "timestamp":
                     number = isinstance(default, (int, float))
