@@ -275,3 +275,29 @@ def test_a_mapped_column_missing_from_the_file_is_named(handbook, tmp_path: Path
     (tmp_path / "m.toml").write_text(HANDBOOK_MAPPING.replace("TX_AMOUNT", "TX_AMT"))
     with pytest.raises(ConfigError, match="'TX_AMT' for 'amount' is missing"):
         replay_features(load_settings(env={}), csv_path, ColumnMapping.load(tmp_path / "m.toml"))
+
+
+def test_an_empty_cell_is_missing_but_an_absent_column_takes_the_default(tmp_path: Path) -> None:
+    (tmp_path / "cur.csv").write_text(
+        "id,when,card,shop,amt,currency\n"
+        "a,2026-03-01 10:00:00,c1,m1,5.0,USD\n"
+        "b,2026-03-01 10:01:00,c1,m1,5.0,\n"
+        "c,2026-03-01 10:02:00,c1,m1,abc,EUR\n"
+    )
+    (tmp_path / "m.toml").write_text(
+        '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
+        'merchant_id = "shop"\namount = "amt"\n'
+    )
+    settings = load_settings(env={})
+    fs = replay_features(settings, tmp_path / "cur.csv", ColumnMapping.load(tmp_path / "m.toml"))
+    assert fs.transaction_id.to_pylist() == ["a"]
+    assert [(r.index, r.reason) for r in fs.rejected] == [
+        (1, "missing_field"),
+        (2, "missing_field"),
+    ]
+    assert "currency" in fs.rejected[0].message and "amount" in fs.rejected[1].message
+    assert json.loads(fs.rejected[1].payload)["transaction_id"] == "c"
+    no_col = tmp_path / "nocur.csv"
+    no_col.write_text("id,when,card,shop,amt\na,2026-03-01 10:00:00,c1,m1,5.0\n")
+    plain = replay_features(settings, no_col, ColumnMapping.load(tmp_path / "m.toml"))
+    assert plain.rejected == [] and plain.transaction_id.to_pylist() == ["a"]
