@@ -274,3 +274,15 @@ def pg_database(pg_server: PgServer) -> Iterator[str]:
             )
     except Exception as exc:  # best effort: the test may have stopped the server
         print(f"could not drop test database {name}: {exc}", file=sys.stderr)
+
+
+STORE_BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
+"""Both store backends; PostgreSQL tests carry the ``postgres`` mark."""
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of a fresh, empty store of each backend (a DuckDB file, a PostgreSQL database)."""
+    if request.param == "duckdb":
+        return f"duckdb:{tmp_path / 's.duckdb'}"
+    return str(request.getfixturevalue("pg_database"))

@@ -27,7 +27,6 @@ from txfast.exceptions import ConfigError
 from txfast.registry import Registry
 from txfast.store import Store, open_store
 
-BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
 ROWS = history()
 ALERTS = [r for r in ROWS if r.is_alert]
 FEATURES = ("amount", "count_1h", "ratio")
@@ -40,13 +39,6 @@ EXPLAINED = Row(
     score=0.999,
     explanation=json.dumps({"top": [{"feature": "amount", "contribution": 0.7}]}),
 )
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "duckdb":
-        return f"duckdb:{tmp_path / 's.duckdb'}"
-    return request.getfixturevalue("pg_database")
 
 
 @pytest.fixture

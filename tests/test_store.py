@@ -13,16 +13,6 @@ from txfast.exceptions import StoreError
 from txfast.store import ScoredBatch, open_store, postgres_store
 from txfast.store.duckdb_store import SCHEMA_VERSION
 
-BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """A URL of a fresh, empty store of each backend."""
-    if request.param == "duckdb":
-        return f"duckdb:{tmp_path / 's.duckdb'}"
-    return request.getfixturevalue("pg_database")
-
 
 def schema_version_of(url: str) -> int:
     return postgres_store.SCHEMA_VERSION if url.startswith("postgres") else SCHEMA_VERSION

@@ -14,16 +14,8 @@ from store_helpers import T0, Row, history, scored_batch
 from txfast.exceptions import InvalidCursorError, NotFoundError, StoreError
 from txfast.store import AlertQuery, Store, open_store
 
-BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
 ROWS = history()
 ALERTS = [r for r in ROWS if r.is_alert]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "duckdb":
-        return f"duckdb:{tmp_path / 's.duckdb'}"
-    return request.getfixturevalue("pg_database")
 
 
 @pytest.fixture

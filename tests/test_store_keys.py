@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from store_helpers import T0, Row, history, scored_batch
 
 from txfast.exceptions import NotFoundError, StoreError
 from txfast.store import open_store
-
-BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "duckdb":
-        return f"duckdb:{tmp_path / 's.duckdb'}"
-    return request.getfixturevalue("pg_database")
 
 
 def test_api_keys_are_created_looked_up_listed_and_revoked(store_url: str) -> None:

@@ -5,7 +5,6 @@ the new interface; ``txfast db upgrade``."""
 from __future__ import annotations
 
 from datetime import UTC, timedelta
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,16 +17,8 @@ from txfast.cli import main
 from txfast.exceptions import StoreError
 from txfast.store import AlertQuery, ScoredBatch, duckdb_store, open_store, postgres_store
 
-BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
 ROWS = history(days=2)
 ALERTS = [r for r in ROWS if r.is_alert]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "duckdb":
-        return f"duckdb:{tmp_path / 's.duckdb'}"
-    return request.getfixturevalue("pg_database")
 
 
 def latest(url: str) -> int:

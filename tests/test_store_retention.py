@@ -17,17 +17,9 @@ from txfast.cli import main
 from txfast.decode import Rejected
 from txfast.store import open_store
 
-BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
 ROWS = history(days=4)
 ALERTS = [r for r in ROWS if r.is_alert]
 CUTOFF = T0 + timedelta(days=2, hours=5)
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "duckdb":
-        return f"duckdb:{tmp_path / 's.duckdb'}"
-    return request.getfixturevalue("pg_database")
 
 
 def fill(url: str) -> tuple[set[str], set[str]]:

@@ -14,17 +14,9 @@ from txfast.exceptions import StoreError
 from txfast.store import ScoredBatch, Stats, Store, duckdb_store, open_store
 from txfast.store._sql import ROLLUPS
 
-BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
 ROWS = history(days=2)
 LEVELS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 END = T0 + timedelta(days=2)
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "duckdb":
-        return f"duckdb:{tmp_path / 's.duckdb'}"
-    return request.getfixturevalue("pg_database")
 
 
 def summary(st: Stats) -> dict:
