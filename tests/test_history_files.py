@@ -277,12 +277,13 @@ def test_a_mapped_column_missing_from_the_file_is_named(handbook, tmp_path: Path
         replay_features(load_settings(env={}), csv_path, ColumnMapping.load(tmp_path / "m.toml"))
 
 
-def test_an_empty_cell_is_missing_but_an_absent_column_takes_the_default(tmp_path: Path) -> None:
+def test_empty_and_unreadable_cells_and_an_absent_column(tmp_path: Path) -> None:
     (tmp_path / "cur.csv").write_text(
         "id,when,card,shop,amt,currency\n"
         "a,2026-03-01 10:00:00,c1,m1,5.0,USD\n"
         "b,2026-03-01 10:01:00,c1,m1,5.0,\n"
         "c,2026-03-01 10:02:00,c1,m1,abc,EUR\n"
+        "d,2026-03-01 10:03:00,c1,m1,,EUR\n"
     )
     (tmp_path / "m.toml").write_text(
         '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
@@ -293,11 +294,33 @@ def test_an_empty_cell_is_missing_but_an_absent_column_takes_the_default(tmp_pat
     assert fs.transaction_id.to_pylist() == ["a"]
     assert [(r.index, r.reason) for r in fs.rejected] == [
         (1, "missing_field"),
-        (2, "missing_field"),
+        (2, "wrong_type"),  # a value that is not a number is not an absent one
+        (3, "missing_field"),
     ]
-    assert "currency" in fs.rejected[0].message and "amount" in fs.rejected[1].message
+    assert "currency" in fs.rejected[0].message and "amount" in fs.rejected[2].message
+    assert "amount: abc" in fs.rejected[1].message
     assert json.loads(fs.rejected[1].payload)["transaction_id"] == "c"
     no_col = tmp_path / "nocur.csv"
     no_col.write_text("id,when,card,shop,amt\na,2026-03-01 10:00:00,c1,m1,5.0\n")
     plain = replay_features(settings, no_col, ColumnMapping.load(tmp_path / "m.toml"))
     assert plain.rejected == [] and plain.transaction_id.to_pylist() == ["a"]
+
+
+def test_labels_that_are_not_numbers_reject_their_rows_not_vanish(tmp_path: Path) -> None:
+    (tmp_path / "lab.csv").write_text(
+        "id,when,card,shop,amt,fraud\n"
+        "a,2026-03-01 10:00:00,c1,m1,5.0,1\n"
+        "b,2026-03-01 10:01:00,c1,m1,5.0,yes\n"
+        "c,2026-03-01 10:02:00,c1,m1,5.0,\n"
+    )
+    (tmp_path / "m.toml").write_text(
+        '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
+        'merchant_id = "shop"\namount = "amt"\nlabel = "fraud"\n'
+    )
+    fs = replay_features(
+        load_settings(env={}), tmp_path / "lab.csv", ColumnMapping.load(tmp_path / "m.toml")
+    )
+    assert fs.transaction_id.to_pylist() == ["a", "c"]
+    assert fs.label.tolist() == [1, -1]  # an empty cell: no label
+    assert [(r.index, r.reason) for r in fs.rejected] == [(1, "wrong_type")]
+    assert "label: yes" in fs.rejected[0].message

@@ -60,6 +60,7 @@ TABLE_STRING_COLUMNS = (
     "country",
     "channel",
     "device_id",
+    "unreadable",
 )
 """String columns of a history table (see :meth:`Decoder.decode_table`)."""
 TABLE_NUMBER_COLUMNS = ("timestamp_ms", "amount", "lat", "lon")
@@ -188,6 +189,7 @@ def _row_documents(table: pa.RecordBatch, rows: list[int]) -> dict[int, bytes]:
     taken = table.take(pa.array(rows, pa.int64())).to_pylist() if rows else []
     for i, row in zip(rows, taken, strict=True):
         ms, text = row.pop("timestamp_ms", None), row.pop("timestamp_text", None)
+        row.pop("unreadable", None)  # said in the message; not a contract field
         doc: dict[str, Any] = {}
         for name in ("transaction_id", "timestamp", *(k for k in row if k != "transaction_id")):
             if name == "timestamp":
@@ -294,9 +296,10 @@ class Decoder:
         ``table`` has the string columns :data:`TABLE_STRING_COLUMNS`, the float64 columns
         :data:`TABLE_NUMBER_COLUMNS` and an int64 ``label`` (nulls for absent values). The
         timestamp is ``timestamp_ms`` (epoch ms) or, where that is null, ``timestamp_text``
-        (parsed like a JSON string). Every row is validated by the same rules as a JSON event;
-        ``index`` is the row number. A rejected row's payload is the row rendered as a JSON
-        contract document.
+        (parsed like a JSON string). ``unreadable``, where not null or empty, names values
+        found but not readable as their field's type: the row is rejected as ``wrong_type``.
+        Every row is validated by the same rules as a JSON event; ``index`` is the row
+        number. A rejected row's payload is the row rendered as a JSON contract document.
 
         With ``ids_only``, ``transaction_id`` is the only string column kept (the others are
         None): replaying history into features needs nothing else, and copying the strings

@@ -36,6 +36,13 @@ _TOKENIZABLE = {"card_id", "user_id", "merchant_id", "device_id"}
 _FIELD_TYPES = {"amount": "DOUBLE", "lat": "DOUBLE", "lon": "DOUBLE", "label": "BIGINT"}
 """DuckDB types of the non-string contract fields in a history table."""
 
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
+_ALWAYS_READABLE = {
+    "DOUBLE": (*_INTEGERS, "UBIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL"),
+    "BIGINT": (*_INTEGERS, "BOOLEAN"),
+}
+"""Column types whose every value casts to the field's type (no unreadable check needed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class SourceBatch:
@@ -244,7 +251,8 @@ class FileSource:
     def table_sql(self, con: Any) -> str:
         """The DuckDB query reading the file as the columns of a history table.
 
-        Strings are ``VARCHAR``; ``amount``, ``lat``, ``lon`` ``DOUBLE``; ``label`` ``BIGINT``;
+        Strings are ``VARCHAR``; ``amount``, ``lat``, ``lon`` ``DOUBLE``; ``label`` ``BIGINT``
+        (a value that does not cast is named in ``unreadable``, which rejects its row);
         the timestamp is ``timestamp_ms`` (epoch ms as ``DOUBLE``: from a timestamp or date
         column, a number, or text DuckDB can read as a timestamp) and, for text columns,
         ``timestamp_text`` (the original text, which the decoder parses or quotes when it
@@ -259,6 +267,7 @@ class FileSource:
         mapping = self.mapping or ColumnMapping()
         unit = mapping.options.get("timestamp_unit", "ms")
         cols: dict[str, str] = {}
+        unreadable: list[str] = []
         for fld in CONTRACT_FIELDS:
             col = mapping.columns.get(fld, fld if fld in types else None)
             if col is not None and col not in types:
@@ -304,9 +313,17 @@ class FileSource:
                     expr = f"'tok_' || substr(sha256({expr}), 1, 24)"
             else:
                 expr = f"TRY_CAST({c} AS {kind})"
+                if not t.startswith(_ALWAYS_READABLE[kind]):
+                    shown = f"{_literal(fld + ': ')} || left(CAST({c} AS VARCHAR), 40)"
+                    unreadable.append(
+                        f"CASE WHEN {c} IS NOT NULL AND {expr} IS NULL THEN {shown} END"
+                    )
             if default is not None:
                 expr = f"COALESCE({expr}, TRY_CAST({_literal(default)} AS {kind}))"
             cols[fld] = expr
+        cols["unreadable"] = (
+            f"concat_ws('; ', {', '.join(unreadable)})" if unreadable else "CAST(NULL AS VARCHAR)"
+        )
         select = ", ".join(f"{expr} AS {_quote(name)}" for name, expr in cols.items())
         return f"SELECT {select} FROM {reader}"
 

@@ -149,7 +149,9 @@ impl<T: Copy> NumInput<'_, T> {
 /// The timestamp comes as two columns: `timestamp_ms` (epoch milliseconds, from a timestamp
 /// or numeric column, or a text column the reader could parse) and `timestamp_text` (the
 /// original text, used when `timestamp_ms` is null: the decoder then parses it or rejects the
-/// row with the text in its message).
+/// row with the text in its message). `unreadable` names the values the reader found but
+/// could not read as their field's type (say `amount: "12,50"`); such a row is rejected as
+/// `wrong_type`, as the same value sent as JSON text would be, never read as absent.
 #[derive(Debug, Clone, Copy)]
 pub struct Table<'a> {
     pub rows: usize,
@@ -168,6 +170,7 @@ pub struct Table<'a> {
     pub channel: StrInput<'a>,
     pub device_id: StrInput<'a>,
     pub label: NumInput<'a, i64>,
+    pub unreadable: StrInput<'a>,
 }
 
 impl<'a> Table<'a> {
@@ -185,6 +188,7 @@ impl<'a> Table<'a> {
             ("country", &mut self.country),
             ("channel", &mut self.channel),
             ("device_id", &mut self.device_id),
+            ("unreadable", &mut self.unreadable),
         ] {
             c.check(n, name)?;
         }
@@ -200,6 +204,14 @@ impl<'a> Table<'a> {
     }
 
     fn row(&self, i: usize, cfg: &DecoderConfig) -> Result<Event<'a>, Rejection> {
+        if let Some(what) = self.unreadable.get(i, "unreadable")? {
+            if !what.is_empty() {
+                return Err((
+                    Reason::WrongType,
+                    format!("value of the wrong type: {what}"),
+                ));
+            }
+        }
         let text = |c: &StrInput<'a>, name| c.get(i, name).map(|v| v.map(Cow::Borrowed));
         let timestamp = match self.timestamp_ms.get(i) {
             Some(ms) => Some(RawTs::Millis(ms)),
@@ -378,6 +390,7 @@ mod tests {
             (Some("t6"), Some(ts), None, Some("c1"), None),
             (Some("t7"), Some(ts), None, Some("c1"), Some(-1.0)),
             (Some("t8"), Some(1.7e9), None, Some("c1"), Some(1.0)),
+            (Some("t9"), Some(ts), None, Some("c1"), None), // amount "12,50": unreadable
         ];
         let n = rows.len();
         let id = strs(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
@@ -390,6 +403,9 @@ mod tests {
         let country = strs(&vec![Some("fr"); n]);
         let channel = strs(&vec![Some("ECOM"); n]);
         let null_strs = strs(&vec![None; n]);
+        let mut unread = vec![None; n];
+        unread[n - 1] = Some("amount: \"12,50\"");
+        let unreadable = strs(&unread);
         let null_nums = nums::<f64>(&vec![None; n]);
         let labels = nums(
             &(0..n)
@@ -413,6 +429,7 @@ mod tests {
             channel: input(&channel),
             device_id: input(&null_strs),
             label: num(&labels),
+            unreadable: input(&unreadable),
         };
         let got = decode_table(&table, &cfg(), false).unwrap();
         let ids = decode_table(&table, &cfg(), true).unwrap();
@@ -443,6 +460,9 @@ mod tests {
                 if let Some(a) = r.4 {
                     doc.insert("amount".into(), a.into());
                 }
+                if r.0 == Some("t9") {
+                    doc.insert("amount".into(), "12,50".into());
+                }
                 for (k, v) in [
                     ("currency", "usd"),
                     ("merchant_id", "m1"),
@@ -458,7 +478,16 @@ mod tests {
             })
             .collect();
         let want = decode_batch(&payloads, &cfg());
-        assert_eq!(got.rejects, want.rejects);
+        let judged = |d: &Decoded| -> Vec<(u32, Reason)> {
+            d.rejects.iter().map(|r| (r.index, r.reason)).collect()
+        };
+        assert_eq!(judged(&got), judged(&want));
+        assert_eq!(got.rejects[..7], want.rejects[..7]); // same messages too
+        assert!(
+            got.rejects[7].message.contains("12,50"),
+            "{}",
+            got.rejects[7].message
+        );
         let (g, w) = (&got.columns, &want.columns);
         assert_eq!(g.index, vec![0, 1]);
         assert_eq!(g.index, w.index);
@@ -483,7 +512,8 @@ mod tests {
                 "invalid_timestamp",
                 "missing_field",
                 "invalid_amount",
-                "invalid_timestamp"
+                "invalid_timestamp",
+                "wrong_type"
             ]
         );
     }

@@ -227,6 +227,7 @@ impl PyDecoder {
             channel: str_input(&strings, "channel")?,
             device_id: str_input(&strings, "device_id")?,
             label: num_input(&label)?,
+            unreadable: str_input(&strings, "unreadable")?,
         };
         let cfg = &self.cfg;
         let decoded = py.detach(|| decode_table(&table, cfg, ids_only))?;
