@@ -316,11 +316,7 @@ class Decoder:
         raw = self._decoder.decode_table(n, strings, numbers, label, ids_only=ids_only)
 
         documents = _row_documents(table, [int(r[0]) for r in raw["rejects"]])
-
-        def original(i: int) -> bytes:
-            return documents[i]
-
-        return self._finish(raw, n, original)
+        return self._finish(raw, n, documents.__getitem__)
 
     def _finish(self, raw: dict[str, Any], size: int, original: Any) -> DecodedBatch:
         columns: dict[str, Any] = {k: raw[k] for k in NUMERIC_COLUMNS}

@@ -256,8 +256,7 @@ class FileSource:
         the timestamp is ``timestamp_ms`` (epoch ms as ``DOUBLE``: from a timestamp or date
         column, a number, or text DuckDB can read as a timestamp) and, for text columns,
         ``timestamp_text`` (the original text, which the decoder parses or quotes when it
-        rejects the row). Values that cannot be cast become nulls and are then reported as
-        missing by the decoder.
+        rejects the row).
         """
         reader = self._reader_sql()
         types = {

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
 use rayon::prelude::*;
 use serde::de::{self, Deserializer, Visitor};
@@ -183,18 +184,8 @@ impl DecoderConfig {
             packed_rates,
         })
     }
-}
 
-/// A three-byte code packed in a `u32` (None for other lengths).
-fn pack_code(s: &str) -> Option<u32> {
-    match s.as_bytes() {
-        &[a, b, c] => Some(u32::from_le_bytes([a, b, c, 0])),
-        _ => None,
-    }
-}
-
-impl DecoderConfig {
-    /// The rate of an upper-case currency code, if the table has it.
+    /// The rate of an upper-case currency code, if the table has it (no string hashing).
     #[inline]
     fn rate(&self, code: &str) -> Option<f64> {
         let key = pack_code(code)?;
@@ -202,6 +193,14 @@ impl DecoderConfig {
             .binary_search_by_key(&key, |&(k, _)| k)
             .ok()
             .map(|i| self.packed_rates[i].1)
+    }
+}
+
+/// A three-byte code packed in a `u32` (None for other lengths).
+fn pack_code(s: &str) -> Option<u32> {
+    match s.as_bytes() {
+        &[a, b, c] => Some(u32::from_le_bytes([a, b, c, 0])),
+        _ => None,
     }
 }
 
@@ -836,8 +835,7 @@ pub(crate) fn push_event(c: &mut Columns, index: u32, e: &Event<'_>) {
     c.amount_base.push(e.amount_base);
     c.lat.push(e.lat);
     c.lon.push(e.lon);
-    c.channel.push(e.channel.as_deref().map_or(0, channel_code));
-    // (channel is already trimmed and in lower case)
+    c.channel.push(e.channel.as_deref().map_or(0, channel_code)); // trimmed, lower case
     c.label.push(e.label);
     c.card.push(hash_id(e.card_id.as_bytes()));
     c.merchant.push(hash_id(e.merchant_id.as_bytes()));
@@ -866,9 +864,12 @@ pub(crate) fn push_event(c: &mut Columns, index: u32, e: &Event<'_>) {
 }
 
 impl Columns {
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    /// Empty columns with room for `n` rows; with `ids_only`, `transaction_id` is the only
+    /// string column kept (see [`Columns::ids_only`]).
+    pub(crate) fn with_capacity(n: usize, ids_only: bool) -> Self {
+        let s = if ids_only { 0 } else { n };
         Self {
-            ids_only: false,
+            ids_only,
             index: Vec::with_capacity(n),
             ts_ms: Vec::with_capacity(n),
             amount: Vec::with_capacity(n),
@@ -883,50 +884,15 @@ impl Columns {
             category: Vec::with_capacity(n),
             country: Vec::with_capacity(n),
             transaction_id: StrColumn::with_capacity(n),
-            card_id: StrColumn::with_capacity(n),
-            user_id: StrColumn::with_capacity(n),
-            merchant_id: StrColumn::with_capacity(n),
-            merchant_category: StrColumn::with_capacity(n),
-            country_code: StrColumn::with_capacity(n),
-            currency: StrColumn::with_capacity(n),
-            channel_name: StrColumn::with_capacity(n),
-            device_id: StrColumn::with_capacity(n),
+            card_id: StrColumn::with_capacity(s),
+            user_id: StrColumn::with_capacity(s),
+            merchant_id: StrColumn::with_capacity(s),
+            merchant_category: StrColumn::with_capacity(s),
+            country_code: StrColumn::with_capacity(s),
+            currency: StrColumn::with_capacity(s),
+            channel_name: StrColumn::with_capacity(s),
+            device_id: StrColumn::with_capacity(s),
         }
-    }
-
-    /// Empty columns for `n` rows keeping only `transaction_id` among the strings.
-    pub(crate) fn ids_only(n: usize) -> Self {
-        Self {
-            ids_only: true,
-            transaction_id: StrColumn::with_capacity(n),
-            ..Self::with_capacity(0)
-        }
-        .reserve_numeric(n)
-    }
-
-    fn reserve_numeric(mut self, n: usize) -> Self {
-        for v in [
-            &mut self.amount,
-            &mut self.amount_base,
-            &mut self.lat,
-            &mut self.lon,
-        ] {
-            v.reserve(n);
-        }
-        for v in [
-            &mut self.card,
-            &mut self.merchant,
-            &mut self.user,
-            &mut self.category,
-            &mut self.country,
-        ] {
-            v.reserve(n);
-        }
-        self.index.reserve(n);
-        self.ts_ms.reserve(n);
-        self.channel.reserve(n);
-        self.label.reserve(n);
-        self
     }
 
     /// Number of accepted rows.
@@ -946,7 +912,7 @@ fn decode_chunk<P: AsRef<[u8]>>(
     cfg: &DecoderConfig,
 ) -> Decoded {
     let mut out = Decoded {
-        columns: Columns::with_capacity(payloads.len()),
+        columns: Columns::with_capacity(payloads.len(), false),
         rejects: Vec::new(),
     };
     for (k, p) in payloads.iter().enumerate() {
@@ -971,7 +937,7 @@ fn append_str(dst: &mut StrColumn, src: StrColumn) {
     dst.valid.extend_from_slice(&src.valid);
 }
 
-pub(crate) fn append(dst: &mut Decoded, src: Decoded) {
+fn append(dst: &mut Decoded, src: Decoded) {
     let (d, s) = (&mut dst.columns, src.columns);
     d.index.extend_from_slice(&s.index);
     d.ts_ms.extend_from_slice(&s.ts_ms);
@@ -1000,14 +966,21 @@ pub(crate) fn append(dst: &mut Decoded, src: Decoded) {
 
 /// Decode and validate a batch of payloads, in parallel chunks; the output keeps input order.
 pub fn decode_batch<P: AsRef<[u8]> + Sync>(payloads: &[P], cfg: &DecoderConfig) -> Decoded {
+    in_chunks(payloads.len(), |rows| {
+        decode_chunk(&payloads[rows.clone()], rows.start, cfg)
+    })
+}
+
+/// `decode(rows)` over `0..n` in chunks of 2048 rows, in parallel when there are several,
+/// concatenated in row order.
+pub(crate) fn in_chunks(n: usize, decode: impl Fn(Range<usize>) -> Decoded + Sync) -> Decoded {
     const CHUNK: usize = 2048;
-    if payloads.len() <= CHUNK {
-        return decode_chunk(payloads, 0, cfg);
+    if n <= CHUNK {
+        return decode(0..n);
     }
-    let parts: Vec<Decoded> = payloads
-        .par_chunks(CHUNK)
-        .enumerate()
-        .map(|(k, chunk)| decode_chunk(chunk, k * CHUNK, cfg))
+    let parts: Vec<Decoded> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|k| decode(k * CHUNK..((k + 1) * CHUNK).min(n)))
         .collect();
     let mut it = parts.into_iter();
     let mut out = it.next().unwrap_or_default();

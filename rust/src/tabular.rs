@@ -8,10 +8,8 @@
 
 use std::borrow::Cow;
 
-use rayon::prelude::*;
-
 use crate::decode::{
-    append, push_event, validate, Columns, Decoded, DecoderConfig, Event, RawEvent, RawLabel,
+    in_chunks, push_event, validate, Columns, Decoded, DecoderConfig, Event, RawEvent, RawLabel,
     RawTs, Reason, Reject, Rejection,
 };
 use crate::error::{TxError, TxResult};
@@ -246,11 +244,7 @@ impl<'a> Table<'a> {
         ids_only: bool,
     ) -> Decoded {
         let mut out = Decoded {
-            columns: if ids_only {
-                Columns::ids_only(rows.len())
-            } else {
-                Columns::with_capacity(rows.len())
-            },
+            columns: Columns::with_capacity(rows.len(), ids_only),
             rejects: Vec::new(),
         };
         for i in rows {
@@ -272,23 +266,11 @@ impl<'a> Table<'a> {
 /// With `ids_only`, `transaction_id` is the only string column of the output (see
 /// [`Columns::ids_only`]).
 pub fn decode_table(table: &Table<'_>, cfg: &DecoderConfig, ids_only: bool) -> TxResult<Decoded> {
-    const CHUNK: usize = 2048;
     let mut table = *table;
     table.check()?;
-    let n = table.rows;
-    if n <= CHUNK {
-        return Ok(table.decode_rows(0..n, cfg, ids_only));
-    }
-    let parts: Vec<Decoded> = (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|k| table.decode_rows(k * CHUNK..((k + 1) * CHUNK).min(n), cfg, ids_only))
-        .collect();
-    let mut it = parts.into_iter();
-    let mut out = it.next().unwrap_or_default();
-    for p in it {
-        append(&mut out, p);
-    }
-    Ok(out)
+    Ok(in_chunks(table.rows, |rows| {
+        table.decode_rows(rows, cfg, ids_only)
+    }))
 }
 
 #[cfg(test)]

@@ -2,11 +2,9 @@
 
 use std::collections::HashMap;
 
-use numpy::IntoPyArray;
+use numpy::{IntoPyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-
-use numpy::PyReadonlyArray1;
 
 use crate::decode::{
     decode_batch, split_lines, Decoded, DecoderConfig, Reason, StrColumn, CHANNELS,
