@@ -568,11 +568,22 @@ fn tail_columns(card: &mut Card, ev: &CardEvent, e: &Earlier<'_>, tail: &mut [f3
     } else {
         let n = e.others.len() as f64;
         let mean = e.sum_others_l / n;
-        let mut sq = 0.0f64;
-        for &x in e.others {
-            let d = f64::from(x) - mean;
-            sq += d * d;
+        // Four partial sums: one chain of dependent additions was the slowest part of a
+        // card with a long history.
+        let mut part = [0.0f64; 4];
+        let chunks = e.others.chunks_exact(4);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for (p, &x) in part.iter_mut().zip(c) {
+                let d = f64::from(x) - mean;
+                *p += d * d;
+            }
         }
+        for (p, &x) in part.iter_mut().zip(rest) {
+            let d = f64::from(x) - mean;
+            *p += d * d;
+        }
+        let sq = (part[0] + part[1]) + (part[2] + part[3]);
         let sigma = (sq / n).sqrt();
         if sigma < MIN_SIGMA {
             0.0
@@ -633,9 +644,113 @@ fn tail_columns(card: &mut Card, ev: &CardEvent, e: &Earlier<'_>, tail: &mut [f3
     };
 }
 
-/// [`process`] for an event at or after every event of the card (the usual case): one pass
-/// over the records, no decoding into the scratch. False, with nothing changed, when the
-/// event is late; then [`process_any`] must handle it.
+/// Decode the events of a well-formed card buffer into `s.ts`, `s.amt` and `s.code`
+/// (spacers folded into the times; the combos are not read). Written by index into vectors
+/// sized beforehand: with `push`, each event stored the three lengths back to memory.
+#[inline]
+fn decode_events(buf: &[u64], s: &mut CardScratch) {
+    let words = match buf.first() {
+        Some(&hdr) => {
+            let h = Header::parse(hdr);
+            &buf[h.first()..h.used()]
+        }
+        None => &[],
+    };
+    let n = words.len();
+    // Only grown here (truncated below), so a card never costs more than its own events.
+    s.ts.resize(n.max(s.ts.len()), 0);
+    s.amt.resize(n.max(s.amt.len()), 0.0);
+    s.code.resize(n.max(s.code.len()), 0);
+    let (ts, amt, code) = (&mut s.ts[..n], &mut s.amt[..n], &mut s.code[..n]);
+    let mut events = 0;
+    if n > 0 {
+        let h = Header::parse(buf[0]);
+        let k = h.k();
+        let mask = (1u32 << k) - 1;
+        let mut t = buf[1] as i64;
+        for &w in words {
+            let tag = (w >> 32) as u32;
+            let c = tag & mask;
+            let d = u64::from(tag >> k);
+            if c == mask {
+                t = t.wrapping_add(((d << 32) | (w & 0xFFFF_FFFF)) as i64);
+                continue;
+            }
+            t = t.wrapping_add(d as i64);
+            ts[events] = t;
+            amt[events] = f32::from_bits(w as u32);
+            code[events] = c;
+            events += 1;
+        }
+    }
+    s.ts.truncate(events);
+    s.amt.truncate(events);
+    s.code.truncate(events);
+}
+
+/// One pass over the earlier events of the longest window (see [`longest_pair`]).
+struct LongestPair {
+    /// Sum (in order) of every amount, and of those from `mid` on.
+    sum: f64,
+    suffix: f64,
+    /// Union of the events' combo flags.
+    seen: u8,
+    /// Sum (in order) of the amounts with the current event's category.
+    same_category: f64,
+}
+
+/// Largest of `init` and the amounts `xs` (finite), in eight independent lanes: a maximum
+/// does not depend on the order, and one chain of comparisons waited on each other.
+#[inline]
+fn max_of(xs: &[f32], init: f32) -> f32 {
+    let mut lanes = [init; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    for (m, &x) in lanes.iter_mut().zip(rest) {
+        *m = if x > *m { x } else { *m };
+    }
+    lanes
+        .into_iter()
+        .fold(init, |m, x| if x > m { x } else { m })
+}
+
+/// `x` when `keep`, else +0.0, without a branch.
+#[inline(always)]
+fn masked(x: f64, keep: bool) -> f64 {
+    f64::from_bits(x.to_bits() & u64::from(keep).wrapping_neg())
+}
+
+/// Four independent chains in one pass over `amt` (and the events' combo indices `code`).
+/// Not inlined: inside the caller its sums were kept in memory, one store and load per event.
+#[inline(never)]
+fn longest_pair(amt: &[f32], code: &[u32], flags: &[u8], mid: usize) -> LongestPair {
+    let (mut sum, mut suffix, mut seen, mut same_category) = (0.0f64, 0.0f64, 0u8, 0.0f64);
+    let mid = mid.min(amt.len());
+    for (i, (&x, &c)) in amt.iter().zip(code).enumerate() {
+        let f = flags[c as usize];
+        let x = f64::from(x);
+        seen |= f;
+        sum += x;
+        // Masked rather than branched on (the category test is data, often mispredicted);
+        // adding +0.0 leaves a sum of positive amounts unchanged.
+        suffix += masked(x, i >= mid);
+        same_category += masked(x, f & SAME_CATEGORY != 0);
+    }
+    LongestPair {
+        sum,
+        suffix,
+        seen,
+        same_category,
+    }
+}
+
+/// [`process`] for an event at or after every event of the card (the usual case). False,
+/// with nothing changed, when the event is late; then [`process_any`] must handle it.
 fn process_on_time(
     card: &mut Card,
     ev: &CardEvent,
@@ -653,85 +768,64 @@ fn process_on_time(
     s.lo.clear();
     s.lo.extend(p.by_length.iter().map(|&k| t.saturating_sub(p.windows[k])));
     combo_flags(card, ev, s, pairs);
-    // Amounts of the earlier events of the longest window, in order; window j of
-    // `by_length` holds those from `starts[j]` on.
-    s.amt.clear();
-    s.starts.clear();
-    let (mut p0, mut prev, mut seen, mut same_category) = (0usize, None, 0u8, 0.0f64);
-    if let Some(&hdr) = card.buf.first() {
-        let h = Header::parse(hdr);
-        let k = h.k();
-        let mask = (1u32 << k) - 1;
-        let lo_l = s.lo[0];
-        let mut ts = card.buf[1] as i64;
-        for &w in &card.buf[h.first()..h.used()] {
-            let tag = (w >> 32) as u32;
-            let code = tag & mask;
-            let d = u64::from(tag >> k);
-            if code == mask {
-                ts = ts.wrapping_add(((d << 32) | (w & 0xFFFF_FFFF)) as i64);
-                continue;
-            }
-            ts = ts.wrapping_add(d as i64);
-            if ts > t {
-                return false;
-            }
-            if ts <= cutoff {
-                p0 += 1;
-                continue;
-            }
-            prev = Some(ts);
-            if ts <= lo_l {
-                continue;
-            }
-            while s.starts.len() < nw && ts > s.lo[s.starts.len()] {
-                s.starts.push(s.amt.len());
-            }
-            let x = f32::from_bits(w as u32);
-            s.amt.push(x);
-            let f = s.flags[code as usize];
-            seen |= f;
-            if f & SAME_CATEGORY != 0 {
-                same_category += f64::from(x);
-            }
-        }
+    // The retained events, in order (tight passes with the accumulators in registers: one
+    // loop doing everything kept its sums in memory and cost twice as much). The times are
+    // ascending, so the pruned events, those before the longest window and each window's
+    // earlier events are found by binary search; window j of `by_length` holds the events
+    // of `win` from `starts[j]` on.
+    decode_events(&card.buf, s);
+    let n = s.ts.len();
+    if s.ts.last().is_some_and(|&last| last > t) {
+        return false;
     }
-    let n_l = s.amt.len();
-    s.starts.resize(nw, n_l);
+    let p0 = s.ts.partition_point(|&x| x <= cutoff);
+    let prev = (n > p0).then(|| s.ts[n - 1]);
+    let first_l = s.ts.partition_point(|&x| x <= s.lo[0]);
+    s.starts.clear();
+    s.starts.extend(
+        s.lo.iter()
+            .map(|&lo| s.ts[first_l..].partition_point(|&x| x <= lo)),
+    );
+    let win = &s.amt[first_l..];
+    let n_l = win.len();
     // Sums in order, two windows at a time (independent additions overlap): window j over
-    // amt[starts[j]..], j + 1 over the suffix amt[starts[j + 1]..].
+    // amt[starts[j]..], j + 1 over the suffix amt[starts[j + 1]..]. The longest pair also
+    // takes the combo flags and the category sum, two more independent chains.
     s.sums.clear();
-    for j in (0..nw).step_by(2) {
+    let mid = s.starts.get(1).copied().unwrap_or(n_l);
+    let l = longest_pair(win, &s.code[first_l..], &s.flags, mid);
+    s.sums.push(l.sum);
+    if nw > 1 {
+        s.sums.push(l.suffix);
+    }
+    for j in (2..nw).step_by(2) {
         let start = s.starts[j];
         let mut sum = 0.0f64;
         if j + 1 < nw {
             let mid = s.starts[j + 1];
-            for &x in &s.amt[start..mid] {
+            for &x in &win[start..mid] {
                 sum += f64::from(x);
             }
             let mut sum2 = 0.0f64;
-            for &x in &s.amt[mid..] {
+            for &x in &win[mid..] {
                 sum += f64::from(x);
                 sum2 += f64::from(x);
             }
             s.sums.extend([sum, sum2]);
         } else {
-            for &x in &s.amt[start..] {
+            for &x in &win[start..] {
                 sum += f64::from(x);
             }
             s.sums.push(sum);
         }
     }
+    let (seen, same_category) = (l.seen, l.same_category);
     // Shortest window first: each longer one extends the previous suffix (for the maxima).
     let (mut sum_l, mut count_l, mut sum_others_l) = (0.0, 0.0, 0.0);
     let (mut max, mut from) = (a, n_l);
     for j in (0..nw).rev() {
         let start = s.starts[j];
-        for &x in &s.amt[start..from] {
-            if x > max {
-                max = x;
-            }
-        }
+        max = max_of(&win[start..from], max);
         from = start;
         let sum = s.sums[j];
         let (total, n) = window_columns(out, nw, p.by_length[j], n_l - start, sum, max, a);
@@ -743,7 +837,7 @@ fn process_on_time(
         sum_l,
         count_l,
         sum_others_l,
-        others: &s.amt,
+        others: win,
         prev,
         seen,
         same_category,
