@@ -378,7 +378,7 @@ def test_history_replay_counts_only_labels_known_by_each_transaction(history: Pa
                 "card_label_windows": ["7d"],
                 "label_delay": "1d",
             },
-            "pipeline": {"batch_size": 997},
+            "pipeline": {"history_batch_size": 997},
         },
     )
     fs = replay_features(settings, history)

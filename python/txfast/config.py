@@ -106,6 +106,7 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     batch_size: int = 8192
     linger_ms: int = 50
+    history_batch_size: int = 131072  # rows per batch when a history file is replayed
     history: str = "all"  # all | alerts | none
     store_features: str = "alerts"  # alerts | none
     store_retry_max_s: float = 5.0  # longest pause between store retries during an outage
@@ -359,6 +360,8 @@ def load_settings(
 def _check(s: Settings) -> None:
     if s.pipeline.batch_size <= 0:
         raise ConfigError("pipeline.batch_size must be positive")
+    if s.pipeline.history_batch_size <= 0:
+        raise ConfigError("pipeline.history_batch_size must be positive")
     if s.pipeline.history not in ("all", "alerts", "none"):
         raise ConfigError("pipeline.history must be one of all, alerts, none")
     if s.pipeline.store_features not in ("alerts", "none"):
