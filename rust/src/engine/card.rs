@@ -703,6 +703,9 @@ struct LongestPair {
 /// does not depend on the order, and one chain of comparisons waited on each other.
 #[inline]
 fn max_of(xs: &[f32], init: f32) -> f32 {
+    if xs.len() < 16 {
+        return xs.iter().fold(init, |m, &x| if x > m { x } else { m });
+    }
     let mut lanes = [init; 8];
     let chunks = xs.chunks_exact(8);
     let rest = chunks.remainder();
