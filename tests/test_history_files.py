@@ -324,3 +324,42 @@ def test_labels_that_are_not_numbers_reject_their_rows_not_vanish(tmp_path: Path
     assert fs.label.tolist() == [1, -1]  # an empty cell: no label
     assert [(r.index, r.reason) for r in fs.rejected] == [(1, "wrong_type")]
     assert "label: yes" in fs.rejected[0].message
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_batch_and_phase_sizes_change_nothing(
+    handbook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Replays read batches ahead on a thread and alternate read and feature phases: tiny
+    batches and phases (many of each, a phase ending inside a batch's worth of rows) give the
+    same features, ids, labels and rejected rows, at the same positions, as one batch."""
+    import txfast.history as history
+
+    csv_path, jsonl, mapping = handbook
+    if kind == "csv":
+        lines = csv_path.read_text().splitlines(keepends=True)
+        lines[40] = lines[40].replace(",", ",not-a-time,", 1).rsplit(",", 1)[0] + "\n"
+        path, columns = tmp_path / "bad.csv", ColumnMapping.load(mapping)
+    else:
+        lines = jsonl.read_text().splitlines(keepends=True)
+        lines[40] = "{broken\n"
+        lines[77] = "\n"
+        path, columns = tmp_path / "bad.jsonl", None
+    path.write_text("".join(lines))
+
+    def replay(batch: int, chunk: int) -> history.FeatureSet:
+        monkeypatch.setattr(history, "_CHUNK_ROWS", chunk)
+        settings = load_settings(env={}, overrides={"pipeline": {"history_batch_size": batch}})
+        return replay_features(settings, path, columns)
+
+    whole = replay(1 << 20, 1 << 20)
+    assert whole.rejected, "the file has a bad row"
+    for batch, chunk in [(7, 20), (64, 1), (1, 3)]:
+        fs = replay(batch, chunk)
+        assert fs.transaction_id.to_pylist() == whole.transaction_id.to_pylist()
+        np.testing.assert_array_equal(fs.X, whole.X)
+        np.testing.assert_array_equal(fs.ts_ms, whole.ts_ms)
+        np.testing.assert_array_equal(fs.label, whole.label)
+        assert [(r.index, r.reason, r.payload) for r in fs.rejected] == [
+            (r.index, r.reason, r.payload) for r in whole.rejected
+        ]
