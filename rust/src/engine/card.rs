@@ -771,8 +771,8 @@ fn process_on_time(
     s.lo.clear();
     s.lo.extend(p.by_length.iter().map(|&k| t.saturating_sub(p.windows[k])));
     combo_flags(card, ev, s, pairs);
-    // The retained events, in order (tight passes with the accumulators in registers: one
-    // loop doing everything kept its sums in memory and cost twice as much). The times are
+    // The retained events, in order, then tight passes with their accumulators in registers
+    // (one loop doing everything kept its sums and vector lengths in memory). The times are
     // ascending, so the pruned events, those before the longest window and each window's
     // earlier events are found by binary search; window j of `by_length` holds the events
     // of `win` from `starts[j]` on.
