@@ -363,3 +363,18 @@ def test_batch_and_phase_sizes_change_nothing(
         assert [(r.index, r.reason, r.payload) for r in fs.rejected] == [
             (r.index, r.reason, r.payload) for r in whole.rejected
         ]
+
+
+def test_a_replay_stopped_early_closes_its_reader(handbook) -> None:
+    """A caller may stop after a few batches (an error, an interrupt): the batch being read
+    ahead is waited for and the file's reader closed, nothing hangs or raises."""
+    from txfast.history import iter_feature_batches
+
+    csv_path, _, mapping = handbook
+    settings = load_settings(env={}, overrides={"pipeline": {"history_batch_size": 50}})
+    batches = iter_feature_batches(settings, csv_path, ColumnMapping.load(mapping))
+    table, rejected = next(batches)
+    assert table.num_rows == 50 and rejected == []
+    batches.close()
+    with pytest.raises(StopIteration):
+        next(batches)

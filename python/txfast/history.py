@@ -138,29 +138,37 @@ def _replayed(
     # Two phases in turn: read and decode about a million rows, then compute their features
     # (the engine takes both cores). Within the first phase one thread reads the next batch
     # while the caller's decodes the last one: DuckDB's streaming read keeps only about one
-    # core busy, the decoder the rest. Overlapping the features as well measured slower on
-    # two cores, each phase's threads taking turns with the other's. Only the ids and the
-    # numeric columns are used: the other strings are not copied.
+    # core busy, the decoder the rest. Reading throughout the feature phase as well measured
+    # slower on two cores, each phase's threads taking turns with the other's (only the one
+    # batch read ahead at the end of a phase overlaps it). Only the ids and the numeric
+    # columns are used: the other strings are not copied.
     batches = iter(source)
-    with ThreadPoolExecutor(1, thread_name_prefix="txfast-history-read") as reader:
-        pending = reader.submit(next, batches, None)
-        while True:
-            chunk: list[tuple[SourceBatch, DecodedBatch]] = []
-            rows = 0
-            while rows < _CHUNK_ROWS and (batch := pending.result()) is not None:
-                pending = reader.submit(next, batches, None)  # read ahead while decoding
-                decoded = batch.decode(decoder, ids_only=True)
-                rows += decoded.size
-                chunk.append((batch, decoded))
-            if not chunk:
-                return
-            for batch, decoded in chunk:
-                rejected = [
-                    Rejected(r.index + batch.position, r.reason, r.message, r.payload)
-                    for r in decoded.rejected
-                ]
-                feed_history_labels(engine, decoded.columns, delay)
-                yield decoded, rejected
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="txfast-history-read") as reader:
+            pending = reader.submit(next, batches, None)
+            while True:
+                chunk: list[tuple[SourceBatch, DecodedBatch]] = []
+                rows = 0
+                while rows < _CHUNK_ROWS and (batch := pending.result()) is not None:
+                    pending = reader.submit(next, batches, None)  # read ahead while decoding
+                    decoded = batch.decode(decoder, ids_only=True)
+                    rows += decoded.size
+                    chunk.append((batch, decoded))
+                if not chunk:
+                    return
+                for batch, decoded in chunk:
+                    rejected = [
+                        Rejected(r.index + batch.position, r.reason, r.message, r.payload)
+                        for r in decoded.rejected
+                    ]
+                    feed_history_labels(engine, decoded.columns, delay)
+                    yield decoded, rejected
+    finally:
+        # The reader's connection, also when the caller stops early (after the read in
+        # flight, which the executor waited for).
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def iter_feature_batches(

@@ -109,7 +109,7 @@ def load_history(
         ids.append(c["transaction_id"])
     card = np.concatenate(cards) if cards else np.empty(0, dtype=np.uint64)
     if card.shape[0] != fs.X.shape[0] or (
-        ids and not pa.chunked_array(ids).equals(pa.chunked_array([fs.transaction_id]))
+        ids and not pa.chunked_array(ids).equals(fs.transaction_id)
     ):
         raise RuntimeError(f"decoding {path} twice gave different rows")
     amount_col = fs.feature_names.index("amount_base")
