@@ -378,3 +378,55 @@ def test_a_replay_stopped_early_closes_its_reader(handbook) -> None:
     batches.close()
     with pytest.raises(StopIteration):
         next(batches)
+
+
+def test_bad_values_past_the_type_sniffing_sample_reject_their_rows_only(tmp_path: Path) -> None:
+    """DuckDB types a CSV column from a sample of its first rows (20,480): a value further
+    down that does not fit used to fail the whole read. Each bad row is rejected with its
+    reason, every other row replayed."""
+    path = tmp_path / "long.csv"
+    bad = {30_000: ("abc", "0", None), 30_001: (None, "x", None), 30_002: (None, "0", "soon")}
+    with path.open("w") as f:
+        f.write("id,when,card,shop,amt,fraud\n")
+        for i in range(32_000):
+            amount, label, when = bad.get(i, (None, None, None))
+            when = when or _iso(1_772_323_200_000 + i * 60_000)
+            f.write(f"t{i},{when},c{i % 300},m{i % 40},{amount or 5 + i % 97},{label or 0}\n")
+    (tmp_path / "m.toml").write_text(
+        '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
+        'merchant_id = "shop"\namount = "amt"\nlabel = "fraud"\n'
+    )
+    fs = replay_features(load_settings(env={}), path, ColumnMapping.load(tmp_path / "m.toml"))
+    assert len(fs.transaction_id) == 32_000 - 3
+    assert [(r.index, r.reason) for r in fs.rejected] == [
+        (30_000, "wrong_type"),
+        (30_001, "wrong_type"),
+        (30_002, "invalid_timestamp"),
+    ]
+    assert "amount: abc" in fs.rejected[0].message and "label: x" in fs.rejected[1].message
+    assert '"soon"' in fs.rejected[2].message
+    assert json.loads(fs.rejected[0].payload)["transaction_id"] == "t30000"
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        (["15/03/2026 10:00:00", "16/03/2026 11:30:00"], [1773568800000, 1773660600000]),
+        (["15-03-2026", "16-03-2026"], [1773532800000, 1773619200000]),
+    ],
+)
+def test_day_first_times_are_read_in_the_format_the_sniffer_found(
+    tmp_path: Path, cells: list[str], expected: list[int]
+) -> None:
+    (tmp_path / "d.csv").write_text(
+        "id,when,card,shop,amt\n" + "".join(f"t{i},{w},c1,m1,5.0\n" for i, w in enumerate(cells))
+    )
+    (tmp_path / "m.toml").write_text(
+        '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
+        'merchant_id = "shop"\namount = "amt"\n'
+    )
+    fs = replay_features(
+        load_settings(env={}), tmp_path / "d.csv", ColumnMapping.load(tmp_path / "m.toml")
+    )
+    assert fs.rejected == []
+    assert fs.ts_ms.tolist() == expected

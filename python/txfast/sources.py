@@ -243,7 +243,11 @@ class FileSource:
     def _reader_sql(self) -> str:
         p = _literal(str(self.path))
         if self.format == "csv":
-            return f"read_csv({p}, header = true)"
+            # Every cell as text: DuckDB types a CSV column from a sample of its first rows,
+            # and a later value that does not fit (``abc`` in an amount column at row 50,000)
+            # failed the whole read. Values are converted per row below (see table_sql), a
+            # bad one rejecting its row only.
+            return f"read_csv({p}, header = true, all_varchar = true)"
         if self.format == "parquet":
             return f"read_parquet({p})"
         return f"read_json_auto({p}, format = 'newline_delimited')"
@@ -263,6 +267,9 @@ class FileSource:
             r[0]: str(r[1]).upper()
             for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
         }
+        # A CSV's columns are read as text; what the sniffer makes of them decides how the
+        # timestamp is read (a number, or a date and time in the format it detected).
+        sniffed, formats = self._sniffed(con) if self.format == "csv" else (types, {})
         mapping = self.mapping or ColumnMapping()
         unit = mapping.options.get("timestamp_unit", "ms")
         cols: dict[str, str] = {}
@@ -294,17 +301,23 @@ class FileSource:
                 continue
             c, t = _quote(col), types[col]
             if fld == "timestamp":
+                # Text that does not convert goes to the decoder as timestamp_text, which
+                # parses it or rejects the row quoting it.
+                text = c if t == "VARCHAR" else "CAST(NULL AS VARCHAR)"
+                s_type = sniffed.get(col, t)
+                time_format = formats.get("DATE" if s_type == "DATE" else "TIMESTAMP")
                 if t.startswith(("TIMESTAMP", "DATE")):
                     cols["timestamp_ms"] = f"CAST(epoch_ms(CAST({c} AS TIMESTAMP)) AS DOUBLE)"
-                    cols["timestamp_text"] = "CAST(NULL AS VARCHAR)"
-                elif t == "VARCHAR":
+                elif t == "VARCHAR" and s_type.startswith(("TIMESTAMP", "DATE")) and time_format:
+                    parsed = f"try_strptime({c}, {_literal(time_format)})"
+                    cols["timestamp_ms"] = f"CAST(epoch_ms({parsed}) AS DOUBLE)"
+                elif t == "VARCHAR" and not s_type.startswith(_ALWAYS_READABLE["DOUBLE"]):
                     cols["timestamp_ms"] = f"CAST(epoch_ms(TRY_CAST({c} AS TIMESTAMPTZ)) AS DOUBLE)"
-                    cols["timestamp_text"] = c
                 else:
                     value = f"TRY_CAST({c} AS DOUBLE)"
                     # Seconds to whole milliseconds (a fraction of a second is kept).
                     cols["timestamp_ms"] = f"round({value} * 1000)" if unit == "s" else value
-                    cols["timestamp_text"] = "CAST(NULL AS VARCHAR)"
+                cols["timestamp_text"] = text
                 continue
             if kind == "VARCHAR":
                 expr = f"CAST({c} AS VARCHAR)"
@@ -325,6 +338,23 @@ class FileSource:
         )
         select = ", ".join(f"{expr} AS {_quote(name)}" for name, expr in cols.items())
         return f"SELECT {select} FROM {reader}"
+
+    def _sniffed(self, con: Any) -> tuple[dict[str, str], dict[str, str]]:
+        """A CSV's column types as DuckDB's sniffer sees them, and its time formats.
+
+        The formats are those the sniffer detected for ``TIMESTAMP`` and ``DATE`` columns
+        (absent for ISO 8601).
+        """
+        p = _literal(str(self.path))
+        rows = con.execute(
+            f"SELECT Columns, TimestampFormat, DateFormat FROM sniff_csv({p}, header = true)"
+        ).fetchall()
+        if not rows:
+            return {}, {}
+        columns, timestamp_format, date_format = rows[0]
+        types = {c["name"]: str(c["type"]).upper() for c in columns}
+        formats = {"TIMESTAMP": timestamp_format, "DATE": date_format}
+        return types, {k: v for k, v in formats.items() if v}
 
     def _duckdb_rows(self) -> Iterator[SourceBatch]:
         import duckdb
