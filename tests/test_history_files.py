@@ -380,18 +380,30 @@ def test_a_replay_stopped_early_closes_its_reader(handbook) -> None:
         next(batches)
 
 
-def test_bad_values_past_the_type_sniffing_sample_reject_their_rows_only(tmp_path: Path) -> None:
-    """DuckDB types a CSV column from a sample of its first rows (20,480): a value further
-    down that does not fit used to fail the whole read. Each bad row is rejected with its
-    reason, every other row replayed."""
-    path = tmp_path / "long.csv"
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_bad_values_past_the_type_sniffing_sample_reject_their_rows_only(
+    tmp_path: Path, kind: str
+) -> None:
+    """DuckDB types a CSV or mapped JSON-lines column from a sample of its first rows
+    (20,480): a value further down that does not fit used to fail the whole read. Each bad
+    row is rejected with its reason, every other row replayed."""
+    path = tmp_path / f"long.{kind}"
     bad = {30_000: ("abc", "0", None), 30_001: (None, "x", None), 30_002: (None, "0", "soon")}
     with path.open("w") as f:
-        f.write("id,when,card,shop,amt,fraud\n")
+        if kind == "csv":
+            f.write("id,when,card,shop,amt,fraud\n")
         for i in range(32_000):
             amount, label, when = bad.get(i, (None, None, None))
             when = when or _iso(1_772_323_200_000 + i * 60_000)
-            f.write(f"t{i},{when},c{i % 300},m{i % 40},{amount or 5 + i % 97},{label or 0}\n")
+            row = [f"t{i}", when, f"c{i % 300}", f"m{i % 40}", amount or 5 + i % 97, label or 0]
+            if kind == "csv":
+                f.write(",".join(map(str, row)) + "\n")
+            else:
+                keys = ["id", "when", "card", "shop", "amt", "fraud"]
+                value = {k: v for k, v in zip(keys, row, strict=True)}
+                value["amt"] = row[4] if isinstance(row[4], str) else float(row[4])
+                value["fraud"] = row[5] if row[5] == "x" else int(row[5])
+                f.write(json.dumps(value) + "\n")
     (tmp_path / "m.toml").write_text(
         '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
         'merchant_id = "shop"\namount = "amt"\nlabel = "fraud"\n'
@@ -406,6 +418,35 @@ def test_bad_values_past_the_type_sniffing_sample_reject_their_rows_only(tmp_pat
     assert "amount: abc" in fs.rejected[0].message and "label: x" in fs.rejected[1].message
     assert '"soon"' in fs.rejected[2].message
     assert json.loads(fs.rejected[0].payload)["transaction_id"] == "t30000"
+    assert fs.label.sum() == 0 and fs.ts_ms[0] == 1_772_323_200_000
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_true_and_false_labels(tmp_path: Path, kind: str) -> None:
+    rows = [("a", "true"), ("b", "false"), ("c", "")]
+    if kind == "csv":
+        text = "id,when,card,shop,amt,fraud\n" + "".join(
+            f"{i},2026-03-01 10:0{n}:00,c1,m1,5.0,{label}\n" for n, (i, label) in enumerate(rows)
+        )
+    else:
+        text = "".join(
+            json.dumps(
+                {"id": i, "when": f"2026-03-01T10:0{n}:00Z", "card": "c1", "shop": "m1", "amt": 5.0}
+                | ({"fraud": label == "true"} if label else {})
+            )
+            + "\n"
+            for n, (i, label) in enumerate(rows)
+        )
+    (tmp_path / f"b.{kind}").write_text(text)
+    (tmp_path / "m.toml").write_text(
+        '[columns]\ntransaction_id = "id"\ntimestamp = "when"\ncard_id = "card"\n'
+        'merchant_id = "shop"\namount = "amt"\nlabel = "fraud"\n'
+    )
+    fs = replay_features(
+        load_settings(env={}), tmp_path / f"b.{kind}", ColumnMapping.load(tmp_path / "m.toml")
+    )
+    assert fs.rejected == []
+    assert fs.label.tolist() == [1, 0, -1]
 
 
 @pytest.mark.parametrize(

@@ -240,17 +240,34 @@ class FileSource:
             b = int(starts[i + self.batch_size]) if i + self.batch_size < n else len(block)
             yield SourceBatch(position + i, lines=block[a:b])
 
-    def _reader_sql(self) -> str:
+    def _reader_sql(self, con: Any) -> tuple[str, dict[str, str], dict[str, str]]:
+        """The file's DuckDB reader, the column types DuckDB detects, and its time formats.
+
+        The time formats are those detected for ``TIMESTAMP`` and ``DATE`` columns of a CSV
+        (absent for ISO 8601 and for other formats). A CSV or mapped JSON-lines file is read
+        as text (every column ``VARCHAR``): DuckDB types such a column from a sample of its
+        first rows (20,480), and a later value that did not fit (``abc`` in an amount column
+        at row 50,000) failed the whole read. :meth:`table_sql` converts the values row by
+        row instead, a bad one rejecting its row only; the detected types still decide how a
+        timestamp or a boolean label is read.
+        """
         p = _literal(str(self.path))
-        if self.format == "csv":
-            # Every cell as text: DuckDB types a CSV column from a sample of its first rows,
-            # and a later value that does not fit (``abc`` in an amount column at row 50,000)
-            # failed the whole read. Values are converted per row below (see table_sql), a
-            # bad one rejecting its row only.
-            return f"read_csv({p}, header = true, all_varchar = true)"
         if self.format == "parquet":
-            return f"read_parquet({p})"
-        return f"read_json_auto({p}, format = 'newline_delimited')"
+            reader = f"read_parquet({p})"
+            return reader, _column_types(con, reader), {}
+        if self.format == "csv":
+            rows = con.execute(
+                f"SELECT Columns, TimestampFormat, DateFormat FROM sniff_csv({p}, header = true)"
+            ).fetchall()
+            columns, timestamp_format, date_format = rows[0]
+            detected = {c["name"]: str(c["type"]).upper() for c in columns}
+            formats = {"TIMESTAMP": timestamp_format, "DATE": date_format}
+            reader = f"read_csv({p}, header = true, all_varchar = true)"
+            return reader, detected, {k: v for k, v in formats.items() if v}
+        detected = _column_types(con, f"read_json_auto({p}, format = 'newline_delimited')")
+        as_text = ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in detected)
+        reader = f"read_json({p}, format = 'newline_delimited', columns = {{{as_text}}})"
+        return reader, detected, {}
 
     def table_sql(self, con: Any) -> str:
         """The DuckDB query reading the file as the columns of a history table.
@@ -262,14 +279,8 @@ class FileSource:
         ``timestamp_text`` (the original text, which the decoder parses or quotes when it
         rejects the row).
         """
-        reader = self._reader_sql()
-        types = {
-            r[0]: str(r[1]).upper()
-            for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
-        }
-        # A CSV's columns are read as text; what the sniffer makes of them decides how the
-        # timestamp is read (a number, or a date and time in the format it detected).
-        sniffed, formats = self._sniffed(con) if self.format == "csv" else (types, {})
+        reader, sniffed, formats = self._reader_sql(con)
+        types = _column_types(con, reader)
         mapping = self.mapping or ColumnMapping()
         unit = mapping.options.get("timestamp_unit", "ms")
         cols: dict[str, str] = {}
@@ -325,6 +336,8 @@ class FileSource:
                     expr = f"'tok_' || substr(sha256({expr}), 1, 24)"
             else:
                 expr = f"TRY_CAST({c} AS {kind})"
+                if kind == "BIGINT" and t == "VARCHAR" and sniffed.get(col) == "BOOLEAN":
+                    expr = f"TRY_CAST(TRY_CAST({c} AS BOOLEAN) AS BIGINT)"  # true / false
                 if not t.startswith(_ALWAYS_READABLE[kind]):
                     shown = f"{_literal(fld + ': ')} || left(CAST({c} AS VARCHAR), 40)"
                     unreadable.append(
@@ -338,23 +351,6 @@ class FileSource:
         )
         select = ", ".join(f"{expr} AS {_quote(name)}" for name, expr in cols.items())
         return f"SELECT {select} FROM {reader}"
-
-    def _sniffed(self, con: Any) -> tuple[dict[str, str], dict[str, str]]:
-        """A CSV's column types as DuckDB's sniffer sees them, and its time formats.
-
-        The formats are those the sniffer detected for ``TIMESTAMP`` and ``DATE`` columns
-        (absent for ISO 8601).
-        """
-        p = _literal(str(self.path))
-        rows = con.execute(
-            f"SELECT Columns, TimestampFormat, DateFormat FROM sniff_csv({p}, header = true)"
-        ).fetchall()
-        if not rows:
-            return {}, {}
-        columns, timestamp_format, date_format = rows[0]
-        types = {c["name"]: str(c["type"]).upper() for c in columns}
-        formats = {"TIMESTAMP": timestamp_format, "DATE": date_format}
-        return types, {k: v for k, v in formats.items() if v}
 
     def _duckdb_rows(self) -> Iterator[SourceBatch]:
         import duckdb
@@ -372,6 +368,12 @@ class FileSource:
                 position += rb.num_rows
         finally:
             con.close()
+
+
+def _column_types(con: Any, reader: str) -> dict[str, str]:
+    """Column name -> DuckDB type (upper case) of a reader's rows."""
+    rows = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
+    return {r[0]: str(r[1]).upper() for r in rows}
 
 
 def _count_lines(block: bytes) -> int:
