@@ -102,6 +102,12 @@ def test_a_mapped_csv_gives_the_features_of_the_same_events_sent_natively(handbo
     np.testing.assert_array_equal(mapped.label, native.label)
     np.testing.assert_array_equal(mapped.X, native.X)
     assert mapped.label.sum() > 0
+    # Each event's card key, as the engine hashes the card id.
+    from txfast._core import hash_ids
+
+    card_ids = [json.loads(line)["card_id"] for line in jsonl.read_text().splitlines()]
+    np.testing.assert_array_equal(native.card, hash_ids(card_ids))
+    np.testing.assert_array_equal(mapped.card, native.card)
 
 
 def test_train_and_evaluate_on_a_mapped_csv(handbook, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ class FeatureSet:
         transaction_id: Ids of the accepted events, in file order (one chunk per batch
             read: joining them would copy every id once more).
         ts_ms: Event times (epoch ms).
+        card: ``hash_id(card_id)`` of each event (as the engine keys cards).
         X: Feature matrix (float32, one row per accepted event).
         label: 1/0 labels, -1 where the file has none.
         feature_names: Column names of ``X``.
@@ -56,6 +57,7 @@ class FeatureSet:
 
     transaction_id: pa.ChunkedArray
     ts_ms: np.ndarray
+    card: np.ndarray
     X: np.ndarray
     label: np.ndarray
     feature_names: list[str]
@@ -225,6 +227,7 @@ def replay_features(
     rows = source.row_count()
     ids: list[pa.Array] = []
     ts: list[np.ndarray] = [np.zeros(0, np.int64)]
+    cards: list[np.ndarray] = [np.zeros(0, np.uint64)]
     labels: list[np.ndarray] = [np.zeros(0, np.int8)]
     # Features are written straight into one matrix (sized from the file when it says how
     # many rows it has, grown by doubling otherwise): no per-batch matrix, no final copy.
@@ -244,6 +247,7 @@ def replay_features(
         c = decoded.columns
         ids.append(c["transaction_id"])
         ts.append(c["ts_ms"])
+        cards.append(c["card"])
         labels.append(c["label"])
         rejected.extend(r)
     # Release what rejected rows or doubling left unused when it is a sizeable share.
@@ -251,6 +255,7 @@ def replay_features(
     return FeatureSet(
         transaction_id=pa.chunked_array(ids, pa.large_string()),
         ts_ms=np.concatenate(ts),
+        card=np.concatenate(cards),
         X=X,
         label=np.concatenate(labels),
         feature_names=names,

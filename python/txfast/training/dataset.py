@@ -13,12 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from txfast.config import Settings
 from txfast.history import FeatureSet, replay_features
-from txfast.pipeline import build_decoder
-from txfast.sources import ColumnMapping, FileSource
+from txfast.sources import ColumnMapping
 from txfast.training.thresholds import DAY_MS
 
 __all__ = ["LabelledHistory", "load_history"]
@@ -89,33 +87,12 @@ def load_history(
 
     Returns:
         The labelled history (labels are ``-1`` where the file has none).
-
-    Raises:
-        RuntimeError: If the second decoding pass does not accept the same rows.
     """
     fs = replay_features(settings, path, mapping)
-    decoder = build_decoder(settings)
-    cards: list[np.ndarray] = []
-    ids: list[pa.Array] = []
-    source = FileSource(
-        path,
-        batch_size=settings.pipeline.batch_size,
-        mapping=mapping,
-        base_currency=settings.decoder.base_currency,
-    )
-    for batch in source:
-        c = batch.decode(decoder).columns
-        cards.append(np.asarray(c["card"]))
-        ids.append(c["transaction_id"])
-    card = np.concatenate(cards) if cards else np.empty(0, dtype=np.uint64)
-    if card.shape[0] != fs.X.shape[0] or (
-        ids and not pa.chunked_array(ids).equals(fs.transaction_id)
-    ):
-        raise RuntimeError(f"decoding {path} twice gave different rows")
     amount_col = fs.feature_names.index("amount_base")
     return LabelledHistory(
         features=fs,
-        card=card,
+        card=fs.card,
         amount=fs.X[:, amount_col].astype(np.float64),
         day=(np.asarray(fs.ts_ms, dtype=np.int64) // DAY_MS),
         source=str(path),
