@@ -280,7 +280,9 @@ class FileSource:
         rejects the row).
         """
         reader, sniffed, formats = self._reader_sql(con)
-        types = _column_types(con, reader)
+        # The types read: a Parquet file's own; a CSV or mapped JSON-lines file is all text
+        # (describing that reader again would sniff the file a second time).
+        types = sniffed if self.format == "parquet" else dict.fromkeys(sniffed, "VARCHAR")
         mapping = self.mapping or ColumnMapping()
         unit = mapping.options.get("timestamp_unit", "ms")
         cols: dict[str, str] = {}
