@@ -3,16 +3,18 @@ audit log), the same tests on DuckDB and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import numpy as np
 import pytest
 from store_helpers import T0, Row, history, scored_batch
 
 from txfast.exceptions import InvalidCursorError, NotFoundError, StoreError
-from txfast.store import AlertQuery, Store, open_store
+from txfast.store import Alert, AlertPage, AlertQuery, Store, open_store
 
 ROWS = history()
 ALERTS = [r for r in ROWS if r.is_alert]
@@ -85,6 +87,109 @@ def test_list_alerts_filters_and_pages(store: Store, query, keep) -> None:
     assert [a.transaction_id for a in first.items] == expected[:5]
     assert (first.next_cursor is None) == (len(expected) <= 5)
     assert all_pages(store, query, limit=4) == expected
+
+
+def test_alert_json_is_the_alert_as_msgspec_encodes_it(store_url: str) -> None:
+    """The database encodes the pages and the feed; every field must come out as the
+    :class:`Alert` it stores would be encoded: times (with and without a fraction), the REAL
+    score's exact value, missing values, labels by name, escaped text."""
+    now = datetime(2026, 3, 5, 12, 0, 0)
+    rows = [
+        Row(id="j0", ts=T0, risk="HIGH", action="alert", score=0.1, created=now),
+        Row(
+            id="j1",
+            ts=T0 + timedelta(milliseconds=1500),
+            risk="CRITICAL",
+            action="block",
+            score=0.9974692463874817,
+            amount=31.3,
+            user=None,
+            country=None,
+            channel=None,
+            category='ça "va"\n\ttab\\',
+            created=now + timedelta(milliseconds=1),
+        ),
+        Row(
+            id="j2",
+            ts=T0 + timedelta(days=1, milliseconds=7),
+            risk="HIGH",
+            action="review",
+            amount=1e16,
+            created=now + timedelta(seconds=1),
+        ),
+        Row(id="j3", ts=T0 + timedelta(hours=2), created=now),  # approved: not an alert
+    ]
+    with open_store(store_url) as s:
+        s.write_batch(scored_batch(rows))
+        s.record_feedback("j0", "fraud", "alice")
+        s.record_feedback("j2", "legit", "bob")
+        body = s.list_alerts_json(None, limit=2)
+        page = msgspec.json.decode(body, type=AlertPage)
+        assert [a.transaction_id for a in page.items] == ["j2", "j1"]
+        assert page.next_cursor is not None
+        last = s.list_alerts(None, limit=2, cursor=page.next_cursor)
+        assert [a.transaction_id for a in last.items] == ["j0"] and last.next_cursor is None
+        # Compared with the stored values read back as Python objects.
+        stored = {
+            r[0]: r
+            for r in s.query(
+                "SELECT transaction_id, ts, card_id, user_id, merchant_id, merchant_category, "
+                "country, channel, amount, currency, amount_base, score, risk_level, action, "
+                "model_version, rules, status, label, created_at FROM alerts"
+            )
+        }
+        items = [*page.items, *last.items]
+        for a in items:
+            r = stored[a.transaction_id]
+            expected = Alert(
+                transaction_id=r[0],
+                ts=r[1].replace(tzinfo=UTC),
+                card_id=r[2],
+                user_id=r[3],
+                merchant_id=r[4],
+                merchant_category=r[5],
+                country=r[6],
+                channel=r[7],
+                amount=r[8],
+                currency=r[9],
+                amount_base=r[10],
+                score=f32(r[11]),
+                risk_level=r[12],
+                action=r[13],
+                model_version=r[14],
+                rules=list(r[15]),
+                status=r[16],
+                label={None: None, 1: "fraud", 0: "legit"}[r[17]],
+                created_at=r[18].replace(tzinfo=UTC),
+            )
+            assert a == expected
+        assert items[1].user_id is None and items[1].merchant_category == 'ça "va"\n\ttab\\'
+        assert items[1].ts == (T0 + timedelta(milliseconds=1500)).replace(tzinfo=UTC)
+        assert [a.label for a in items] == ["legit", None, "fraud"]
+        assert items[1].score == f32(0.9974692463874817) and items[2].score == f32(0.1)
+        # The same JSON values as msgspec's encoding, times written the same way (the
+        # numbers' text may differ: 1e16 is 10000000000000000.0 in DuckDB's, 31.0 is 31 in
+        # PostgreSQL's).
+        assert json.loads(body) == json.loads(msgspec.json.encode(page))
+        last_raw = json.loads(s.list_alerts_json(None, limit=2, cursor=page.next_cursor))
+        assert last_raw["items"][0]["ts"] == "2026-03-01T00:00:00Z"
+        assert json.loads(body)["items"][1]["created_at"] == "2026-03-05T12:00:00.001000Z"
+        # The live feed carries the same JSON.
+        feed = s.alert_feed(now - timedelta(seconds=1))
+        assert [f.transaction_id for f in feed] == ["j0", "j1", "j2"]
+        ids = s.alert_feed(now - timedelta(seconds=1), ids_only=True)
+        assert [(f.transaction_id, f.created_us) for f in ids] == [
+            (f.transaction_id, f.created_us) for f in feed
+        ]
+        assert {(f.risk_level, f.json) for f in ids} == {("", "")}
+        by_id = {a.transaction_id: a for a in items}
+        for f in feed:
+            assert msgspec.json.decode(f.json, type=Alert) == by_id[f.transaction_id]
+            assert f.risk_level == by_id[f.transaction_id].risk_level
+            created = by_id[f.transaction_id].created_at
+            assert f.created_us == (created - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+                microseconds=1
+            )
 
 
 def test_list_alerts_items_carry_the_stored_values(store: Store) -> None:

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -33,13 +33,13 @@ from txfast.store.base import (
     SORTS,
     STATUS_BY_LABEL,
     Alert,
-    AlertPage,
     AlertQuery,
     ApiKey,
     AuditEntry,
     Breakdown,
     DailyFalsePositives,
     DailyRate,
+    FeedAlert,
     LabelRecord,
     ModelCount,
     ModelVersion,
@@ -59,6 +59,8 @@ __all__ = [
     "ROLLUP_BACKFILL",
     "Executor",
     "SqlStore",
+    "alert_json_sql",
+    "page_json",
     "fold_sql",
     "group_rollups",
     "rollup_columns",
@@ -322,17 +324,20 @@ def _f32(value: Any) -> float:
     return float(np.float32(value))
 
 
-def _label_name(value: Any) -> str | None:
-    if value is None:
-        return None
-    return "fraud" if int(value) == 1 else "legit"
-
-
 class SqlStore(Store):
     """The SQL both backends share; subclasses provide the connection handling."""
 
     _JSON_TYPE = "VARCHAR"
     """The type JSON documents are stored as (``JSONB`` in PostgreSQL)."""
+
+    _F64 = "DOUBLE"
+    """The backend's 8-byte float type."""
+
+    _EPOCH_US = "epoch_us({})"
+    """Microseconds since the epoch of a timestamp column (``{}``), as an integer."""
+
+    _ALERT_JSON: str
+    """One alert's JSON text (:func:`alert_json_sql`)."""
 
     _ENTITY_FIRST = False
     """Select an entity's alerts (card, user, merchant) first, then filter and sort them.
@@ -549,15 +554,15 @@ class SqlStore(Store):
 
     # -- alert lists and details ----------------------------------------------------------
 
-    def list_alerts(
+    def list_alerts_json(
         self,
         query: AlertQuery | None = None,
         *,
         limit: int = 50,
         cursor: str | None = None,
         sort: str = "time",
-    ) -> AlertPage:
-        """One page of alerts (see :meth:`Store.list_alerts`)."""
+    ) -> bytes:
+        """One page of alerts as JSON (see :meth:`Store.list_alerts_json`)."""
         if sort not in SORTS:
             raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
         if not 1 <= limit <= MAX_PAGE:
@@ -588,16 +593,20 @@ class SqlStore(Store):
             sql = f"SELECT {_ALERT_LIST_COLUMNS} FROM alerts"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {key} DESC, transaction_id DESC LIMIT ?"
-        rows = self._read(sql, [*params, limit + 1])
-        items = [_alert(r) for r in rows[:limit]]
+        order = f"ORDER BY {key} DESC, transaction_id DESC"
+        sql += f" {order} LIMIT ?"
+        # The page's rows first, then their JSON (computed for these rows only).
+        sort_key = self._EPOCH_US.format("ts") if sort == "time" else f"CAST(score AS {self._F64})"
+        rows = self._read(
+            f"SELECT {self._ALERT_JSON}, {sort_key}, transaction_id FROM ({sql}) p {order}",
+            [*params, limit + 1],
+        )
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor(
-                sort, last[1] if sort == "time" else _f32(last[11]), last[0]
-            )
-        return AlertPage(items=items, next_cursor=next_cursor)
+            after = int(last[1]) if sort == "time" else float(last[1])
+            next_cursor = encode_cursor(sort, after, last[2])
+        return page_json([r[0] for r in rows[:limit]], next_cursor)
 
     def get_transaction(self, transaction_id: str) -> TransactionDetail | None:
         """Everything stored about one transaction (see :meth:`Store.get_transaction`)."""
@@ -685,10 +694,15 @@ class SqlStore(Store):
 
     # -- the live feed ----------------------------------------------------------------------
 
-    def alerts_since(
-        self, since: datetime, *, after_id: str | None = None, limit: int = 1000
-    ) -> list[Alert]:
-        """Alerts by creation time, oldest first (see :meth:`Store.alerts_since`)."""
+    def alert_feed(
+        self,
+        since: datetime,
+        *,
+        after_id: str | None = None,
+        limit: int = 1000,
+        ids_only: bool = False,
+    ) -> list[FeedAlert]:
+        """Alerts by creation time, oldest first, as JSON (see :meth:`Store.alert_feed`)."""
         if not 1 <= limit <= MAX_PAGE:
             raise StoreError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
         lo = to_utc_naive(since)
@@ -697,12 +711,20 @@ class SqlStore(Store):
         if after_id is not None:
             where += " AND (created_at, transaction_id) > (CAST(? AS TIMESTAMP), ?)"
             params += [lo, after_id]
+        created = self._EPOCH_US.format("created_at")
+        if ids_only:
+            rows = self._read(
+                f"SELECT transaction_id, {created} FROM alerts WHERE {where} "
+                "ORDER BY created_at, transaction_id LIMIT ?",
+                [*params, limit],
+            )
+            return [FeedAlert(r[0], int(r[1]), "", "") for r in rows]
         rows = self._read(
-            f"SELECT {_ALERT_LIST_COLUMNS} FROM alerts WHERE {where} "
-            "ORDER BY created_at, transaction_id LIMIT ?",
+            f"SELECT transaction_id, {created}, risk_level, {self._ALERT_JSON} FROM alerts "
+            f"WHERE {where} ORDER BY created_at, transaction_id LIMIT ?",
             [*params, limit],
         )
-        return [_alert(r) for r in rows]
+        return [FeedAlert(r[0], int(r[1]), r[2], r[3]) for r in rows]
 
     def latest_alert_time(self) -> datetime | None:
         """The creation time of the newest alert (see :meth:`Store.latest_alert_time`)."""
@@ -912,27 +934,44 @@ def _alert_filters(q: AlertQuery) -> tuple[tuple[str, str] | None, list[str], li
     return entity, where + w, params + p
 
 
-def _alert(r: tuple[Any, ...]) -> Alert:
-    return Alert(
-        transaction_id=r[0],
-        ts=utc(r[1]),
-        card_id=r[2],
-        user_id=r[3],
-        merchant_id=r[4],
-        merchant_category=r[5],
-        country=r[6],
-        channel=r[7],
-        amount=float(r[8]),
-        currency=r[9],
-        amount_base=float(r[10]),
-        score=_f32(r[11]),
-        risk_level=r[12],
-        action=r[13],
-        model_version=r[14],
-        rules=list(r[15] or []),
-        status=r[16],
-        label=_label_name(r[17]),
-        created_at=utc(r[18]),
+def alert_json_sql(
+    *, build: str, time: Callable[[str], str], f64: str, no_rules: str, text: str
+) -> str:
+    """The SQL expression of one alert's JSON, over the columns of ``_ALERT_LIST_COLUMNS``.
+
+    The fields of :class:`Alert`, in order, encoded as msgspec encodes the struct: times in
+    RFC 3339 UTC (no fraction when it is zero, six digits otherwise), the ``REAL`` score as its
+    exact value, the label by name. Numbers may be written differently (DuckDB writes 1e16 as
+    ``10000000000000000.0``, PostgreSQL an integral 31.0 as ``31``), never with another value.
+
+    Args:
+        build: The backend's JSON object constructor (called with name, value, …).
+        time: The RFC 3339 text of a naive UTC timestamp column.
+        f64: The backend's 8-byte float type.
+        no_rules: An empty rules array.
+        text: The backend's text type (the result is cast to it).
+    """
+    exprs = {
+        "ts": time("ts"),
+        "created_at": time("created_at"),
+        "score": f"CAST(score AS {f64})",
+        "rules": f"coalesce(rules, {no_rules})",
+        "label": "CASE WHEN label IS NULL THEN NULL WHEN label = 1 THEN 'fraud' ELSE 'legit' END",
+    }
+    pairs = ", ".join(f"'{f}', {exprs.get(f, f)}" for f in Alert.__struct_fields__)
+    return f"CAST({build}({pairs}) AS {text})"
+
+
+def page_json(items: list[str], next_cursor: str | None) -> bytes:
+    """The JSON of an :class:`AlertPage` from its items' JSON."""
+    return b"".join(
+        (
+            b'{"items":[',
+            ",".join(items).encode(),
+            b'],"next_cursor":',
+            msgspec.json.encode(next_cursor),
+            b"}",
+        )
     )
 
 

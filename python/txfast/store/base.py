@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pyarrow as pa
@@ -44,6 +44,7 @@ __all__ = [
     "Breakdown",
     "DailyFalsePositives",
     "DailyRate",
+    "FeedAlert",
     "LabelRecord",
     "ModelCount",
     "ModelVersion",
@@ -176,6 +177,22 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     label: str | None
     created_at: datetime
+
+
+class FeedAlert(NamedTuple):
+    """One alert of the live feed, as the database encoded it.
+
+    Attributes:
+        transaction_id: The alert's transaction.
+        created_us: Its ``created_at`` in microseconds since the Unix epoch (UTC).
+        risk_level: Its risk level.
+        json: The :class:`Alert` as JSON.
+    """
+
+    transaction_id: str
+    created_us: int
+    risk_level: str
+    json: str
 
 
 class AlertPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -384,16 +401,19 @@ def encode_cursor(sort: str, key: datetime | float, transaction_id: str) -> str:
 
     Args:
         sort: ``time`` or ``score``.
-        key: The row's ``ts`` (naive UTC) or ``score``.
+        key: The row's ``ts`` (naive UTC, or an int: microseconds since the epoch) or
+            ``score``.
         transaction_id: The row's id (the tie breaker).
 
     Returns:
         A URL-safe string.
     """
-    if sort == "time":
+    if sort == "time" and isinstance(key, int):
+        value: float | int = key
+    elif sort == "time":
         assert isinstance(key, datetime)
         delta = key - _EPOCH
-        value: float | int = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        value = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     else:
         assert not isinstance(key, datetime)
         value = float(key)
@@ -542,15 +562,18 @@ class Store(abc.ABC):
     # -- reads ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def list_alerts(
+    def list_alerts_json(
         self,
         query: AlertQuery | None = None,
         *,
         limit: int = 50,
         cursor: str | None = None,
         sort: str = "time",
-    ) -> AlertPage:
-        """One page of alerts matching ``query``, with keyset pagination.
+    ) -> bytes:
+        """One page of alerts matching ``query``, with keyset pagination, as JSON.
+
+        The body of an :class:`AlertPage` (what ``GET /alerts`` answers), encoded by the
+        database: a page costs no Python object per alert.
 
         Args:
             query: Filters (none: every alert).
@@ -563,6 +586,18 @@ class Store(abc.ABC):
             InvalidCursorError: For a malformed cursor or one of another sort order.
             StoreError: For a bad limit or sort.
         """
+
+    def list_alerts(
+        self,
+        query: AlertQuery | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        sort: str = "time",
+    ) -> AlertPage:
+        """One page of alerts (see :meth:`list_alerts_json`), decoded."""
+        body = self.list_alerts_json(query, limit=limit, cursor=cursor, sort=sort)
+        return msgspec.json.decode(body, type=AlertPage)
 
     @abc.abstractmethod
     def get_transaction(self, transaction_id: str) -> TransactionDetail | None:
@@ -624,17 +659,33 @@ class Store(abc.ABC):
         """Audit entries matching every filter given, newest first."""
 
     @abc.abstractmethod
-    def alerts_since(
-        self, since: datetime, *, after_id: str | None = None, limit: int = 1000
-    ) -> list[Alert]:
+    def alert_feed(
+        self,
+        since: datetime,
+        *,
+        after_id: str | None = None,
+        limit: int = 1000,
+        ids_only: bool = False,
+    ) -> list[FeedAlert]:
         """Alerts by creation time (when they were stored), oldest first: the live feed.
+
+        Each as its id, creation time, risk level and JSON (encoded by the database).
 
         Args:
             since: Alerts created at or after this time.
             after_id: With it, only alerts after ``(since, after_id)`` in
                 ``(created_at, transaction_id)`` order (the next page of a full one).
             limit: Most alerts returned (1–10,000).
+            ids_only: Only the ids and creation times (``risk_level`` and ``json`` empty):
+                what a poller needs to tell the new alerts from those it has seen.
         """
+
+    def alerts_since(
+        self, since: datetime, *, after_id: str | None = None, limit: int = 1000
+    ) -> list[Alert]:
+        """The alerts of :meth:`alert_feed`, decoded."""
+        feed = self.alert_feed(since, after_id=after_id, limit=limit)
+        return [msgspec.json.decode(a.json, type=Alert) for a in feed]
 
     @abc.abstractmethod
     def latest_alert_time(self) -> datetime | None:

@@ -41,6 +41,7 @@ from txfast.store._sql import (
     ROLLUPS,
     Executor,
     SqlStore,
+    alert_json_sql,
     fold_sql,
     group_rollups,
     history_rows,
@@ -234,6 +235,17 @@ class DuckDBStore(SqlStore):
     """
 
     _ENTITY_FIRST = True
+
+    _ALERT_JSON = alert_json_sql(
+        build="json_object",
+        time=lambda c: (
+            f"CASE WHEN microsecond({c}) % 1000000 = 0 THEN strftime({c}, '%Y-%m-%dT%H:%M:%SZ') "
+            f"ELSE strftime({c}, '%Y-%m-%dT%H:%M:%S.%fZ') END"
+        ),
+        f64="DOUBLE",
+        no_rules="[]::VARCHAR[]",
+        text="VARCHAR",
+    )
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ from txfast.store._sql import (
     ROLLUPS,
     Executor,
     SqlStore,
+    alert_json_sql,
     fold_sql,
     history_rows,
     model_versions_of,
@@ -251,6 +252,21 @@ class PostgresStore(SqlStore):
     """
 
     _JSON_TYPE = "JSONB"
+
+    _F64 = "DOUBLE PRECISION"
+
+    _EPOCH_US = "CAST(extract(epoch FROM {}) * 1000000 AS BIGINT)"
+
+    _ALERT_JSON = alert_json_sql(
+        build="json_build_object",
+        time=lambda c: (
+            f"to_char({c}, CASE WHEN mod(extract(microseconds FROM {c})::bigint, 1000000) = 0 "
+            """THEN 'YYYY-MM-DD"T"HH24:MI:SS"Z"' ELSE 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"' END)"""
+        ),
+        f64="DOUBLE PRECISION",
+        no_rules="'{}'::TEXT[]",
+        text="TEXT",
+    )
 
     def __init__(
         self,
