@@ -14,7 +14,7 @@ import pytest
 from store_helpers import T0, Row, history, scored_batch
 
 from txfast.exceptions import InvalidCursorError, NotFoundError, StoreError
-from txfast.store import Alert, AlertPage, AlertQuery, Store, open_store
+from txfast.store import Alert, AlertQuery, Store, open_store
 
 ROWS = history()
 ALERTS = [r for r in ROWS if r.is_alert]
@@ -89,10 +89,10 @@ def test_list_alerts_filters_and_pages(store: Store, query, keep) -> None:
     assert all_pages(store, query, limit=4) == expected
 
 
-def test_alert_json_is_the_alert_as_msgspec_encodes_it(store_url: str) -> None:
-    """The database encodes the pages and the feed; every field must come out as the
-    :class:`Alert` it stores would be encoded: times (with and without a fraction), the REAL
-    score's exact value, missing values, labels by name, escaped text."""
+def test_feed_json_is_the_listed_alert_as_msgspec_encodes_it(store_url: str) -> None:
+    """The database encodes the live feed's alerts; every field must come out as the listed
+    :class:`Alert` is encoded: times (with and without a fraction), the REAL score's exact
+    value, missing values, labels by name, escaped text."""
     now = datetime(2026, 3, 5, 12, 0, 0)
     rows = [
         Row(id="j0", ts=T0, risk="HIGH", action="alert", score=0.1, created=now),
@@ -123,8 +123,7 @@ def test_alert_json_is_the_alert_as_msgspec_encodes_it(store_url: str) -> None:
         s.write_batch(scored_batch(rows))
         s.record_feedback("j0", "fraud", "alice")
         s.record_feedback("j2", "legit", "bob")
-        body = s.list_alerts_json(None, limit=2)
-        page = msgspec.json.decode(body, type=AlertPage)
+        page = s.list_alerts(None, limit=2)
         assert [a.transaction_id for a in page.items] == ["j2", "j1"]
         assert page.next_cursor is not None
         last = s.list_alerts(None, limit=2, cursor=page.next_cursor)
@@ -167,13 +166,6 @@ def test_alert_json_is_the_alert_as_msgspec_encodes_it(store_url: str) -> None:
         assert items[1].ts == (T0 + timedelta(milliseconds=1500)).replace(tzinfo=UTC)
         assert [a.label for a in items] == ["legit", None, "fraud"]
         assert items[1].score == f32(0.9974692463874817) and items[2].score == f32(0.1)
-        # The same JSON values as msgspec's encoding, times written the same way (the
-        # numbers' text may differ: 1e16 is 10000000000000000.0 in DuckDB's, 31.0 is 31 in
-        # PostgreSQL's).
-        assert json.loads(body) == json.loads(msgspec.json.encode(page))
-        last_raw = json.loads(s.list_alerts_json(None, limit=2, cursor=page.next_cursor))
-        assert last_raw["items"][0]["ts"] == "2026-03-01T00:00:00Z"
-        assert json.loads(body)["items"][1]["created_at"] == "2026-03-05T12:00:00.001000Z"
         # The live feed carries the same JSON.
         feed = s.alert_feed(now - timedelta(seconds=1))
         assert [f.transaction_id for f in feed] == ["j0", "j1", "j2"]
@@ -185,11 +177,19 @@ def test_alert_json_is_the_alert_as_msgspec_encodes_it(store_url: str) -> None:
         by_id = {a.transaction_id: a for a in items}
         for f in feed:
             assert msgspec.json.decode(f.json, type=Alert) == by_id[f.transaction_id]
+            # The same JSON values as msgspec's encoding, times written the same way (the
+            # numbers' text may differ: 1e16 is 10000000000000000.0 in DuckDB's, 31.0 is 31
+            # in PostgreSQL's).
+            assert json.loads(f.json) == json.loads(msgspec.json.encode(by_id[f.transaction_id]))
             assert f.risk_level == by_id[f.transaction_id].risk_level
             created = by_id[f.transaction_id].created_at
             assert f.created_us == (created - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
                 microseconds=1
             )
+        raw = {f.transaction_id: json.loads(f.json) for f in feed}
+        assert raw["j0"]["ts"] == "2026-03-01T00:00:00Z"
+        assert raw["j1"]["created_at"] == "2026-03-05T12:00:00.001000Z"
+        assert s.alerts_since(now - timedelta(seconds=1)) == [by_id[f.transaction_id] for f in feed]
 
 
 def test_list_alerts_items_carry_the_stored_values(store: Store) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
-from litestar import Controller, MediaType, Request, Response, get, post
+from litestar import Controller, Request, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -86,7 +86,7 @@ class AlertsController(Controller):
         sort: Annotated[
             Sort, QueryParameter(description="time: newest first; score: highest score first.")
         ] = "time",
-    ) -> Response[AlertPage]:
+    ) -> AlertPage:
         """One page of alerts matching every filter given; ``next_cursor`` is null on the last."""
         start, end = parse_date_time("since", since), parse_date_time("until", until)
         lo, hi = to_utc_naive(start), to_utc_naive(end)
@@ -103,9 +103,7 @@ class AlertsController(Controller):
             since=start,
             until=end,
         )
-        # The store encodes the page: no Python object per alert on this busy path.
-        body = ctx.require_store().list_alerts_json(query, limit=limit, cursor=cursor, sort=sort)
-        return Response(cast(AlertPage, body), media_type=MediaType.JSON)
+        return ctx.require_store().list_alerts(query, limit=limit, cursor=cursor, sort=sort)
 
     @get(
         "/stream",

@@ -33,6 +33,7 @@ from txfast.store.base import (
     SORTS,
     STATUS_BY_LABEL,
     Alert,
+    AlertPage,
     AlertQuery,
     ApiKey,
     AuditEntry,
@@ -60,7 +61,6 @@ __all__ = [
     "Executor",
     "SqlStore",
     "alert_json_sql",
-    "page_json",
     "fold_sql",
     "group_rollups",
     "rollup_columns",
@@ -324,14 +324,17 @@ def _f32(value: Any) -> float:
     return float(np.float32(value))
 
 
+def _label_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    return "fraud" if int(value) == 1 else "legit"
+
+
 class SqlStore(Store):
     """The SQL both backends share; subclasses provide the connection handling."""
 
     _JSON_TYPE = "VARCHAR"
     """The type JSON documents are stored as (``JSONB`` in PostgreSQL)."""
-
-    _F64 = "DOUBLE"
-    """The backend's 8-byte float type."""
 
     _EPOCH_US = "epoch_us({})"
     """Microseconds since the epoch of a timestamp column (``{}``), as an integer."""
@@ -554,15 +557,15 @@ class SqlStore(Store):
 
     # -- alert lists and details ----------------------------------------------------------
 
-    def list_alerts_json(
+    def list_alerts(
         self,
         query: AlertQuery | None = None,
         *,
         limit: int = 50,
         cursor: str | None = None,
         sort: str = "time",
-    ) -> bytes:
-        """One page of alerts as JSON (see :meth:`Store.list_alerts_json`)."""
+    ) -> AlertPage:
+        """One page of alerts (see :meth:`Store.list_alerts`)."""
         if sort not in SORTS:
             raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
         if not 1 <= limit <= MAX_PAGE:
@@ -593,20 +596,16 @@ class SqlStore(Store):
             sql = f"SELECT {_ALERT_LIST_COLUMNS} FROM alerts"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        order = f"ORDER BY {key} DESC, transaction_id DESC"
-        sql += f" {order} LIMIT ?"
-        # The page's rows first, then their JSON (computed for these rows only).
-        sort_key = self._EPOCH_US.format("ts") if sort == "time" else f"CAST(score AS {self._F64})"
-        rows = self._read(
-            f"SELECT {self._ALERT_JSON}, {sort_key}, transaction_id FROM ({sql}) p {order}",
-            [*params, limit + 1],
-        )
+        sql += f" ORDER BY {key} DESC, transaction_id DESC LIMIT ?"
+        rows = self._read(sql, [*params, limit + 1])
+        items = [_alert(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            after = int(last[1]) if sort == "time" else float(last[1])
-            next_cursor = encode_cursor(sort, after, last[2])
-        return page_json([r[0] for r in rows[:limit]], next_cursor)
+            next_cursor = encode_cursor(
+                sort, last[1] if sort == "time" else _f32(last[11]), last[0]
+            )
+        return AlertPage(items=items, next_cursor=next_cursor)
 
     def get_transaction(self, transaction_id: str) -> TransactionDetail | None:
         """Everything stored about one transaction (see :meth:`Store.get_transaction`)."""
@@ -962,16 +961,27 @@ def alert_json_sql(
     return f"CAST({build}({pairs}) AS {text})"
 
 
-def page_json(items: list[str], next_cursor: str | None) -> bytes:
-    """The JSON of an :class:`AlertPage` from its items' JSON."""
-    return b"".join(
-        (
-            b'{"items":[',
-            ",".join(items).encode(),
-            b'],"next_cursor":',
-            msgspec.json.encode(next_cursor),
-            b"}",
-        )
+def _alert(r: tuple[Any, ...]) -> Alert:
+    return Alert(
+        transaction_id=r[0],
+        ts=utc(r[1]),
+        card_id=r[2],
+        user_id=r[3],
+        merchant_id=r[4],
+        merchant_category=r[5],
+        country=r[6],
+        channel=r[7],
+        amount=float(r[8]),
+        currency=r[9],
+        amount_base=float(r[10]),
+        score=_f32(r[11]),
+        risk_level=r[12],
+        action=r[13],
+        model_version=r[14],
+        rules=list(r[15] or []),
+        status=r[16],
+        label=_label_name(r[17]),
+        created_at=utc(r[18]),
     )
 
 

@@ -401,19 +401,16 @@ def encode_cursor(sort: str, key: datetime | float, transaction_id: str) -> str:
 
     Args:
         sort: ``time`` or ``score``.
-        key: The row's ``ts`` (naive UTC, or an int: microseconds since the epoch) or
-            ``score``.
+        key: The row's ``ts`` (naive UTC) or ``score``.
         transaction_id: The row's id (the tie breaker).
 
     Returns:
         A URL-safe string.
     """
-    if sort == "time" and isinstance(key, int):
-        value: float | int = key
-    elif sort == "time":
+    if sort == "time":
         assert isinstance(key, datetime)
         delta = key - _EPOCH
-        value = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        value: float | int = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     else:
         assert not isinstance(key, datetime)
         value = float(key)
@@ -562,18 +559,15 @@ class Store(abc.ABC):
     # -- reads ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def list_alerts_json(
+    def list_alerts(
         self,
         query: AlertQuery | None = None,
         *,
         limit: int = 50,
         cursor: str | None = None,
         sort: str = "time",
-    ) -> bytes:
-        """One page of alerts matching ``query``, with keyset pagination, as JSON.
-
-        The body of an :class:`AlertPage` (what ``GET /alerts`` answers), encoded by the
-        database: a page costs no Python object per alert.
+    ) -> AlertPage:
+        """One page of alerts matching ``query``, with keyset pagination.
 
         Args:
             query: Filters (none: every alert).
@@ -586,18 +580,6 @@ class Store(abc.ABC):
             InvalidCursorError: For a malformed cursor or one of another sort order.
             StoreError: For a bad limit or sort.
         """
-
-    def list_alerts(
-        self,
-        query: AlertQuery | None = None,
-        *,
-        limit: int = 50,
-        cursor: str | None = None,
-        sort: str = "time",
-    ) -> AlertPage:
-        """One page of alerts (see :meth:`list_alerts_json`), decoded."""
-        body = self.list_alerts_json(query, limit=limit, cursor=cursor, sort=sort)
-        return msgspec.json.decode(body, type=AlertPage)
 
     @abc.abstractmethod
     def get_transaction(self, transaction_id: str) -> TransactionDetail | None:

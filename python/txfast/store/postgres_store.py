@@ -253,8 +253,6 @@ class PostgresStore(SqlStore):
 
     _JSON_TYPE = "JSONB"
 
-    _F64 = "DOUBLE PRECISION"
-
     _EPOCH_US = "CAST(extract(epoch FROM {}) * 1000000 AS BIGINT)"
 
     _ALERT_JSON = alert_json_sql(
