@@ -3,6 +3,7 @@ increments (grouped or not) and their folding, on DuckDB and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -165,6 +166,7 @@ def test_rollup_increments_grouped_or_not(tmp_path, monkeypatch, ungrouped: int)
 
 
 def delta_rows(s: Store) -> dict[str, int]:
+    s.wait_folds()  # type: ignore[attr-defined]  # folds run in the background
     return {t: s.query(f"SELECT count(*) FROM {t}_delta")[0][0] for t in ROLLUPS}
 
 
@@ -236,3 +238,26 @@ def test_a_failed_fold_is_retried(tmp_path, monkeypatch) -> None:
         assert delta_rows(s) == dict.fromkeys(ROLLUPS, 0)
         assert calls == [list(ROLLUPS), list(ROLLUPS)]
         check(s, ROWS[:20])
+
+
+def test_a_running_fold_does_not_hold_up_the_writes(tmp_path, monkeypatch) -> None:
+    with open_store(f"duckdb:{tmp_path / 's.duckdb'}", compact_every=1) as s:
+        started, release = threading.Event(), threading.Event()
+        real = s._fold
+
+        def slow(tables: list[str]) -> None:
+            started.set()
+            assert release.wait(30)
+            real(tables)
+
+        monkeypatch.setattr(s, "_fold", slow)
+        s.write_batch(scored_batch(ROWS[:10]))  # the fold is due: it starts in the background
+        assert started.wait(10)
+        s.write_batch(scored_batch(ROWS[10:20]))  # stored while the fold waits
+        s.write_batch(scored_batch(ROWS[20:30]))
+        check(s, ROWS[:30])  # readers sum the rollups and the deltas meanwhile
+        release.set()
+        monkeypatch.undo()
+        s.compact()
+        assert delta_rows(s) == dict.fromkeys(ROLLUPS, 0)
+        check(s, ROWS[:30])

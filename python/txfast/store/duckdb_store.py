@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -224,10 +225,11 @@ class DuckDBStore(SqlStore):
             small, and the scorer needs the cores) and ``checkpoint_threshold`` 256 MB
             (DuckDB's 16 MB made a checkpoint every few batches). ``python_enable_replacements``
             stays on: writes read their Arrow tables by name.
-        compact_every: Fold each rollup's statistics deltas into it every this many batches.
-            The three rollups take turns (a fold costs a few ms whatever the deltas hold), so
-            that one batch pays for one fold rather than three: the first fold of the second
-            and third comes a third and two thirds of a period after the first one.
+        compact_every: Fold each rollup's statistics deltas into it every this many batches,
+            in a background thread (:meth:`_fold_later`). The three rollups take turns (a
+            fold costs a few ms whatever the deltas hold), so that one fold holds the CPU
+            rather than three: the first fold of the second and third comes a third and two
+            thirds of a period after the first one.
 
     Raises:
         StoreError: When the file cannot be opened, its schema is newer than this txfast, or
@@ -283,6 +285,10 @@ class DuckDBStore(SqlStore):
         """Batches written since the last full :meth:`compact`."""
         self._fold_in = self._staggered()
         """Batches until each rollup's deltas are folded."""
+        self._folder: ThreadPoolExecutor | None = None
+        self._folding: Future[None] | None = None
+        self._fold_lock = threading.Lock()
+        self._fold_con: duckdb.DuckDBPyConnection | None = None
         self._statements: dict[str, duckdb.Statement] = {}
         self._newest_ts: int | None = None
         """Upper bound of the stored transactions' ``ts`` (µs since the epoch; None: unknown)."""
@@ -433,13 +439,39 @@ class DuckDBStore(SqlStore):
             if self._fold_in[table] <= 0:
                 due.append(table)
         if due:
-            try:
-                self._fold(due)
-            except StoreError as e:  # the batch is stored; fold at a later batch
-                log.warning("folding statistics deltas failed, will retry: %s", e)
-            else:
-                for table in due:
-                    self._fold_in[table] = self._compact_every
+            self._fold_later(due)
+
+    def _fold_later(self, tables: list[str]) -> None:
+        """Fold some rollups' deltas in the background (the next batch need not wait).
+
+        A fold upserts into the keyed rollup (the merchants' one: tens of thousands of keys,
+        60–70 ms every ``compact_every`` batches of 400 rows) and deletes the deltas it read,
+        in its own transaction on its own connection: batches keep appending to the deltas
+        meanwhile, which a fold neither reads nor deletes (they are not in its snapshot).
+        Tables whose fold is due while another runs, or fails, stay due for the next batch.
+        """
+        running = self._folding
+        if running is not None and not running.done():
+            return
+        for table in tables:
+            self._fold_in[table] = self._compact_every
+        if self._folder is None:
+            self._folder = ThreadPoolExecutor(1, thread_name_prefix="txfast-fold")
+        self._folding = self._folder.submit(self._fold_or_retry, tables)
+
+    def _fold_or_retry(self, tables: list[str]) -> None:
+        try:
+            self._fold(tables)
+        except StoreError as e:  # the batches are stored; fold at a later batch
+            log.warning("folding statistics deltas failed, will retry: %s", e)
+            for table in tables:
+                self._fold_in[table] = 1
+
+    def wait_folds(self) -> None:
+        """Wait for the background fold, if one is running."""
+        running = self._folding
+        if running is not None:
+            running.result()
 
     def _write(
         self, batch: ScoredBatch, tx: pa.Table | None, alerts: pa.Table | None, *, careful: bool
@@ -550,6 +582,7 @@ class DuckDBStore(SqlStore):
 
     def compact(self) -> None:
         """Fold the statistics deltas into the rollup tables (one transaction)."""
+        self.wait_folds()
         self._fold(list(ROLLUPS))
         self._uncompacted = 0
         self._fold_in = self._staggered()
@@ -564,11 +597,31 @@ class DuckDBStore(SqlStore):
         return {t: every + i * every // len(ROLLUPS) for i, t in enumerate(ROLLUPS)}
 
     def _fold(self, tables: list[str]) -> None:
-        """Fold the deltas of some rollups into them (one transaction)."""
-        with self._writing("compacting the statistics of") as ex:
-            for table in tables:
-                ex(fold_sql(table, f"{table}_delta"))
-                ex(f"DELETE FROM {table}_delta")
+        """Fold the deltas of some rollups into them (one transaction, on its own connection).
+
+        Only folds write to the rollups, one at a time; batches only append to the deltas.
+        """
+        if self.read_only:
+            raise StoreError(f"store {self.url} is open read-only")
+        with self._fold_lock:
+            con = self._fold_con
+            if con is None:
+                if self._closed:
+                    raise StoreError(f"store {self.url} is closed")
+                con = self._fold_con = self._con.cursor()
+                con.execute(f"USE {_DB}")
+            try:
+                con.execute("BEGIN")
+                try:
+                    for table in tables:
+                        con.execute(fold_sql(table, f"{table}_delta"))
+                        con.execute(f"DELETE FROM {table}_delta")
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            except duckdb.Error as e:
+                raise StoreError(f"compacting the statistics of {self.url} failed: {e}") from e
 
     # -- retention ----------------------------------------------------------------------------
 
@@ -640,10 +693,17 @@ class DuckDBStore(SqlStore):
                 self.compact()
             except StoreError as e:  # the deltas stay; readers sum them
                 log.warning("%s", e)
-        with self._lock:
+        if self._folder is not None:
+            self._folder.shutdown(wait=True)
+        with self._lock, self._fold_lock:
             if self._closed:
                 return
             self._closed = True
+            if self._fold_con is not None:
+                try:
+                    self._fold_con.close()
+                except duckdb.Error:
+                    pass
             with self._cursors_lock:
                 for cur in self._cursors:
                     try:
