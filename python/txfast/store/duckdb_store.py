@@ -462,8 +462,11 @@ class DuckDBStore(SqlStore):
     def _fold_or_retry(self, tables: list[str]) -> None:
         try:
             self._fold(tables)
-        except StoreError as e:  # the batches are stored; fold at a later batch
-            log.warning("folding statistics deltas failed, will retry: %s", e)
+        except Exception as e:  # the batches are stored; fold at a later batch
+            if isinstance(e, StoreError):
+                log.warning("folding statistics deltas failed, will retry: %s", e)
+            else:
+                log.exception("folding statistics deltas failed, will retry")
             for table in tables:
                 self._fold_in[table] = 1
 
