@@ -22,6 +22,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,12 +240,14 @@ class PostgresStore(SqlStore):
         migrate: Apply pending schema migrations on open (default). When false, a database
             of an older schema is refused (run ``txfast db upgrade``).
         min_size: Connections kept open.
-        max_size: Most connections at once (the pipeline writes on one; readers use the rest).
+        max_size: Most connections at once (the pipeline writes on one, a background fold of
+            the statistics deltas on another; readers use the rest).
         timeout: Seconds to wait for a free or re-established connection before an operation
             fails with :class:`StoreError`.
         connect_timeout: Seconds allowed to establish one connection.
         application_name: Reported in ``pg_stat_activity``.
-        compact_every: Fold the statistics deltas into the rollups every this many batches.
+        compact_every: Fold the statistics deltas into the rollups every this many batches,
+            in a background thread (the batch does not wait).
 
     Raises:
         StoreError: When the server cannot be reached, the schema is newer than this txfast
@@ -290,6 +293,8 @@ class PostgresStore(SqlStore):
         self._seen_versions = set()
         self._compact_every = max(1, compact_every)
         self._uncompacted = 0
+        self._folder: ThreadPoolExecutor | None = None
+        self._folding: Future[None] | None = None
         self.applied_migrations: list[int] = []
         """Versions migrated when this store was opened."""
         try:
@@ -458,10 +463,36 @@ class PostgresStore(SqlStore):
         self._seen_versions |= versions
         self._uncompacted += 1
         if self._uncompacted >= self._compact_every:
-            try:
-                self.compact()
-            except StoreError as e:  # the batch is stored; fold at a later batch
+            self._compact_later()
+
+    def _compact_later(self) -> None:
+        """Fold the deltas in the background, on a pooled connection of its own.
+
+        The batch that made the fold due does not wait for it (each fold moves the deltas
+        in one statement, safe beside concurrent writers: see :meth:`compact`). While a fold
+        runs, or after one failed, the next batch tries again.
+        """
+        running = self._folding
+        if running is not None and not running.done():
+            return
+        if self._folder is None:
+            self._folder = ThreadPoolExecutor(1, thread_name_prefix="txfast-fold")
+        self._folding = self._folder.submit(self._compact_or_retry)
+
+    def _compact_or_retry(self) -> None:
+        try:
+            self.compact()
+        except Exception as e:  # the batches are stored; fold at a later batch
+            if isinstance(e, StoreError):
                 log.warning("folding statistics deltas failed, will retry: %s", e)
+            else:
+                log.exception("folding statistics deltas failed, will retry")
+
+    def wait_folds(self) -> None:
+        """Wait for the background fold, if one is running."""
+        running = self._folding
+        if running is not None:
+            running.result()
 
     def _write(self, batch: ScoredBatch, parts: _Encoded, *, replay: bool) -> set[str]:
         """One attempt at writing a batch; returns the model versions it recorded.
@@ -628,6 +659,8 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         """Fold pending statistics deltas and close the pool (idempotent)."""
+        if self._folder is not None:
+            self._folder.shutdown(wait=True)
         if self._uncompacted and not self._closed and not self.read_only:
             try:
                 self.compact(timeout=5.0)
