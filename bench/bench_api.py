@@ -111,6 +111,7 @@ def load_client(
     jobs: queue.SimpleQueue[tuple[int, float] | None] = queue.SimpleQueue()
     results: list[tuple[float, float, float, int | str] | None] = [None] * n
     bad_pages: list[str] = []
+    retried: list[int] = []  # requests sent again on a fresh connection
     ready = threading.Barrier(workers + 1)
 
     def connect() -> http.client.HTTPConnection:
@@ -138,6 +139,7 @@ def load_client(
                     # HTTP clients do for an idempotent request. The retry's time counts.
                     conn.close()
                     conn = connect()
+                    retried.append(i)
                     status, body = get(conn)
                 if status == 200 and i % 50 == 0:  # spot-check the pages
                     items = json.loads(body)["items"]
@@ -184,6 +186,7 @@ def load_client(
         "ok": len(ok),
         "errors": n - len(ok),
         "error_kinds": errors,
+        "retried_on_closed_connection": len(retried),
         "bad_pages": bad_pages[:5],
         "latency_s": latency,
         "service_s": service,
@@ -255,6 +258,7 @@ def _load_figures(load: dict[str, Any]) -> dict[str, Any]:
         "requests": load["requests"],
         "errors": load["errors"],
         "error_kinds": load["error_kinds"],
+        "retried_on_closed_connection": load["retried_on_closed_connection"],
         "bad_pages": load["bad_pages"],
         "late_dispatch_ms": load["late_dispatch_ms"],
     }

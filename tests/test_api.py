@@ -22,6 +22,7 @@ from store_helpers import T0, Row, history, scored_batch
 
 from txfast.api import ApiServer, create_app
 from txfast.api.commands import keys, serve
+from txfast.api.stream import AlertBroadcaster
 from txfast.config import load_settings
 from txfast.exceptions import ConfigError
 from txfast.registry import Registry
@@ -735,6 +736,50 @@ def test_the_stream_delivers_new_alerts(store: Store, api_registry: Path, tokens
             assert nxt == {":": "keep-alive"}, nxt
         metrics = http.get("/metrics").text
         assert "txfast_api_stream_events_total 2.0" in metrics
+
+
+class _CommitsBetweenReads:
+    """A store that commits a batch right after the feed poller's ids-only read."""
+
+    def __init__(self, inner: Store, batches: list[list[Row]]) -> None:
+        self.inner, self.batches = inner, batches
+
+    def alert_feed(self, since: datetime, **kwargs: Any) -> Any:
+        out = self.inner.alert_feed(since, **kwargs)
+        if kwargs.get("ids_only") and self.batches:
+            self.inner.write_batch(scored_batch(self.batches.pop(0)))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_the_poller_sends_alerts_committed_between_its_two_reads(store: Store) -> None:
+    """The poller reads the lookback's ids, then the new alerts' JSON: an alert committed
+    between the two reads is sent by this poll when it is newer than the first new one, by
+    the next poll when older (a late commit), and never twice."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    feed = AlertBroadcaster(store)
+    feed._cursor = feed._start_cursor()
+    store.write_batch(
+        scored_batch([Row(id="p-first", ts=T0, risk="HIGH", action="alert", created=now)])
+    )
+    between = [
+        [
+            Row(
+                id="p-newer", ts=T0, risk="HIGH", action="alert", created=now + timedelta(seconds=1)
+            ),
+            Row(
+                id="p-older", ts=T0, risk="HIGH", action="alert", created=now - timedelta(seconds=1)
+            ),
+        ]
+    ]
+    feed.store = _CommitsBetweenReads(store, between)  # type: ignore[assignment]
+    assert [a.transaction_id for a in feed._poll()] == ["p-first", "p-newer"]
+    assert [a.transaction_id for a in feed._poll()] == ["p-older"]
+    assert feed._poll() == []
+    sent = store.alerts_since(now - timedelta(seconds=2))
+    assert sorted(a.transaction_id for a in sent) == ["p-first", "p-newer", "p-older"]
 
 
 def test_a_store_write_in_this_process_wakes_the_feed_at_once(

@@ -157,7 +157,7 @@ class AlertBroadcaster:
             return _Cursor()
         delta = latest.astimezone(UTC).replace(tzinfo=None) - _EPOCH
         watermark = delta // timedelta(microseconds=1)
-        recent = self._read(watermark - self.lookback_us)
+        recent = self._read(watermark - self.lookback_us, ids_only=True)
         return _Cursor(watermark=watermark, seen={a.transaction_id: a.created_us for a in recent})
 
     def _read(self, since_us: int, *, ids_only: bool = False) -> list[FeedAlert]:

@@ -942,6 +942,8 @@ def alert_json_sql(
     RFC 3339 UTC (no fraction when it is zero, six digits otherwise), the ``REAL`` score as its
     exact value, the label by name. Numbers may be written differently (DuckDB writes 1e16 as
     ``10000000000000000.0``, PostgreSQL an integral 31.0 as ``31``), never with another value.
+    Stored amounts and scores are finite (the decoder bounds amounts, the scorer refuses
+    non-finite scores); a NaN written by raw SQL would not be valid JSON here.
 
     Args:
         build: The backend's JSON object constructor (called with name, value, …).

@@ -2,7 +2,8 @@
 
 Writes are serialised by a lock on one connection; reads run on a cursor per thread (DuckDB
 connections to the same database), so the API can read while the scorer writes, and a
-reader sees whole batches only.
+reader sees whole batches only. The statistics deltas are folded into their rollups on a
+connection of their own, in a background thread (:meth:`DuckDBStore._fold_later`).
 
 The transaction history has no primary-key index (schema v2): an ART index over millions of
 text keys made every append several times slower. A batch is instead checked against the
@@ -289,6 +290,7 @@ class DuckDBStore(SqlStore):
         self._folding: Future[None] | None = None
         self._fold_lock = threading.Lock()
         self._fold_con: duckdb.DuckDBPyConnection | None = None
+        self._fold_failures = 0
         self._statements: dict[str, duckdb.Statement] = {}
         self._newest_ts: int | None = None
         """Upper bound of the stored transactions' ``ts`` (µs since the epoch; None: unknown)."""
@@ -451,24 +453,36 @@ class DuckDBStore(SqlStore):
         Tables whose fold is due while another runs, or fails, stay due for the next batch.
         """
         running = self._folding
-        if running is not None and not running.done():
+        if self._closed or (running is not None and not running.done()):
             return
         for table in tables:
             self._fold_in[table] = self._compact_every
         if self._folder is None:
             self._folder = ThreadPoolExecutor(1, thread_name_prefix="txfast-fold")
-        self._folding = self._folder.submit(self._fold_or_retry, tables)
+        try:
+            self._folding = self._folder.submit(self._fold_or_retry, tables)
+        except RuntimeError:  # closing: close() folds what is left
+            pass
 
     def _fold_or_retry(self, tables: list[str]) -> None:
         try:
             self._fold(tables)
         except Exception as e:  # the batches are stored; fold at a later batch
-            if isinstance(e, StoreError):
-                log.warning("folding statistics deltas failed, will retry: %s", e)
-            else:
-                log.exception("folding statistics deltas failed, will retry")
+            self._fold_failures += 1
+            n = self._fold_failures
+            if n in (1, 10) or n % 100 == 0:  # one line per failure would flood the log
+                log.warning(
+                    "folding statistics deltas failed (%d times), will retry: %s",
+                    n,
+                    e,
+                    exc_info=not isinstance(e, StoreError),
+                )
             for table in tables:
                 self._fold_in[table] = 1
+        else:
+            if self._fold_failures:
+                log.info("statistics deltas folded again after %d failures", self._fold_failures)
+            self._fold_failures = 0
 
     def wait_folds(self) -> None:
         """Wait for the background fold, if one is running."""
@@ -621,7 +635,10 @@ class DuckDBStore(SqlStore):
                         con.execute(f"DELETE FROM {table}_delta")
                     con.execute("COMMIT")
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:  # a failed COMMIT ended the transaction already
+                        pass
                     raise
             except duckdb.Error as e:
                 raise StoreError(f"compacting the statistics of {self.url} failed: {e}") from e

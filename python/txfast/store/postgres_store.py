@@ -295,6 +295,7 @@ class PostgresStore(SqlStore):
         self._uncompacted = 0
         self._folder: ThreadPoolExecutor | None = None
         self._folding: Future[None] | None = None
+        self._fold_failures = 0
         self.applied_migrations: list[int] = []
         """Versions migrated when this store was opened."""
         try:
@@ -391,6 +392,9 @@ class PostgresStore(SqlStore):
     def _configure(self, conn: psycopg.Connection) -> None:
         """Per-connection setup: UTC session, read-only mode or the staging tables."""
         conn.execute("SET TIME ZONE 'UTC'")
+        # Floats as text (the live feed's JSON) in their shortest exact form, whatever the
+        # server's or role's default (0 gives 15 significant digits).
+        conn.execute("SET extra_float_digits = 3")
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
         else:
@@ -473,20 +477,36 @@ class PostgresStore(SqlStore):
         runs, or after one failed, the next batch tries again.
         """
         running = self._folding
-        if running is not None and not running.done():
+        if self._closed or (running is not None and not running.done()):
             return
         if self._folder is None:
             self._folder = ThreadPoolExecutor(1, thread_name_prefix="txfast-fold")
-        self._folding = self._folder.submit(self._compact_or_retry)
+        # Counted on this (the writer's) thread only: the batches written during the fold
+        # count towards the next one.
+        self._uncompacted = 0
+        try:
+            self._folding = self._folder.submit(self._compact_or_retry)
+        except RuntimeError:  # closing: close() folds what is left
+            self._uncompacted = self._compact_every
 
     def _compact_or_retry(self) -> None:
         try:
-            self.compact()
+            self._fold_deltas(timeout=5.0)
         except Exception as e:  # the batches are stored; fold at a later batch
-            if isinstance(e, StoreError):
-                log.warning("folding statistics deltas failed, will retry: %s", e)
-            else:
-                log.exception("folding statistics deltas failed, will retry")
+            self._uncompacted = max(self._uncompacted, self._compact_every)
+            self._fold_failures += 1
+            n = self._fold_failures
+            if n in (1, 10) or n % 100 == 0:  # one line per failure would flood the log
+                log.warning(
+                    "folding statistics deltas failed (%d times), will retry: %s",
+                    n,
+                    e,
+                    exc_info=not isinstance(e, StoreError),
+                )
+        else:
+            if self._fold_failures:
+                log.info("statistics deltas folded again after %d failures", self._fold_failures)
+            self._fold_failures = 0
 
     def wait_folds(self) -> None:
         """Wait for the background fold, if one is running."""
@@ -565,11 +585,14 @@ class PostgresStore(SqlStore):
         Args:
             timeout: Seconds to wait for a connection (default: the pool's timeout).
         """
+        self._fold_deltas(timeout=timeout)
+        self._uncompacted = 0
+
+    def _fold_deltas(self, *, timeout: float | None = None) -> None:
         with self._writing("compacting the statistics of", timeout=timeout) as ex:
             for table in ROLLUPS:
                 moved = f"WITH moved AS (DELETE FROM {table}_delta RETURNING *) "
                 ex(moved + fold_sql(table, "moved"))
-        self._uncompacted = 0
 
     # -- retention ----------------------------------------------------------------------------
 
