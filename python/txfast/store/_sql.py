@@ -12,8 +12,10 @@ import abc
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -53,6 +55,8 @@ from txfast.store.base import (
     to_utc_naive,
     utc,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "HISTORY_MODES",
@@ -342,12 +346,41 @@ class SqlStore(Store):
     _ALERT_JSON: str
     """One alert's JSON text (:func:`alert_json_sql`)."""
 
+    _folding: Future[None] | None = None
+    """The background fold of the statistics deltas, if one was started."""
+
+    _fold_failures = 0
+    """Background folds failed in a row."""
+
     _ENTITY_FIRST = False
     """Select an entity's alerts (card, user, merchant) first, then filter and sort them.
 
     DuckDB uses an ART index only when the equality is the scan's sole filter."""
 
     _seen_versions: set[str]
+
+    def wait_folds(self) -> None:
+        """Wait for the background fold of the statistics deltas, if one is running."""
+        running = self._folding
+        if running is not None:
+            running.result()
+
+    def _fold_done(self, error: Exception | None) -> None:
+        """Log a background fold's failure (1st, 10th, every 100th: not once per batch)."""
+        if error is None:
+            if self._fold_failures:
+                log.info("statistics deltas folded again after %d failures", self._fold_failures)
+            self._fold_failures = 0
+            return
+        self._fold_failures += 1
+        n = self._fold_failures
+        if n in (1, 10) or n % 100 == 0:
+            log.warning(
+                "folding statistics deltas failed (%d times), will retry: %s",
+                n,
+                error,
+                exc_info=not isinstance(error, StoreError),
+            )
 
     @abc.abstractmethod
     def _read(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:

@@ -290,7 +290,6 @@ class DuckDBStore(SqlStore):
         self._folding: Future[None] | None = None
         self._fold_lock = threading.Lock()
         self._fold_con: duckdb.DuckDBPyConnection | None = None
-        self._fold_failures = 0
         self._statements: dict[str, duckdb.Statement] = {}
         self._newest_ts: int | None = None
         """Upper bound of the stored transactions' ``ts`` (µs since the epoch; None: unknown)."""
@@ -468,27 +467,11 @@ class DuckDBStore(SqlStore):
         try:
             self._fold(tables)
         except Exception as e:  # the batches are stored; fold at a later batch
-            self._fold_failures += 1
-            n = self._fold_failures
-            if n in (1, 10) or n % 100 == 0:  # one line per failure would flood the log
-                log.warning(
-                    "folding statistics deltas failed (%d times), will retry: %s",
-                    n,
-                    e,
-                    exc_info=not isinstance(e, StoreError),
-                )
             for table in tables:
                 self._fold_in[table] = 1
+            self._fold_done(e)
         else:
-            if self._fold_failures:
-                log.info("statistics deltas folded again after %d failures", self._fold_failures)
-            self._fold_failures = 0
-
-    def wait_folds(self) -> None:
-        """Wait for the background fold, if one is running."""
-        running = self._folding
-        if running is not None:
-            running.result()
+            self._fold_done(None)
 
     def _write(
         self, batch: ScoredBatch, tx: pa.Table | None, alerts: pa.Table | None, *, careful: bool

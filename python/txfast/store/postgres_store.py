@@ -295,7 +295,6 @@ class PostgresStore(SqlStore):
         self._uncompacted = 0
         self._folder: ThreadPoolExecutor | None = None
         self._folding: Future[None] | None = None
-        self._fold_failures = 0
         self.applied_migrations: list[int] = []
         """Versions migrated when this store was opened."""
         try:
@@ -494,25 +493,9 @@ class PostgresStore(SqlStore):
             self._fold_deltas(timeout=5.0)
         except Exception as e:  # the batches are stored; fold at a later batch
             self._uncompacted = max(self._uncompacted, self._compact_every)
-            self._fold_failures += 1
-            n = self._fold_failures
-            if n in (1, 10) or n % 100 == 0:  # one line per failure would flood the log
-                log.warning(
-                    "folding statistics deltas failed (%d times), will retry: %s",
-                    n,
-                    e,
-                    exc_info=not isinstance(e, StoreError),
-                )
+            self._fold_done(e)
         else:
-            if self._fold_failures:
-                log.info("statistics deltas folded again after %d failures", self._fold_failures)
-            self._fold_failures = 0
-
-    def wait_folds(self) -> None:
-        """Wait for the background fold, if one is running."""
-        running = self._folding
-        if running is not None:
-            running.result()
+            self._fold_done(None)
 
     def _write(self, batch: ScoredBatch, parts: _Encoded, *, replay: bool) -> set[str]:
         """One attempt at writing a batch; returns the model versions it recorded.
