@@ -98,7 +98,14 @@ def test_run_serves_the_api_while_scoring_and_after(registry: Path, tmp_path: Pa
         stats = _get(f"{base}/stats?days=3650", token)
         assert stats["runtime"]["events"] > 0, "the scorer's own figures"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            assert proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # the CLI dumps every thread's stack
+            time.sleep(2)
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            raise AssertionError(f"no exit 30 s after SIGINT; stacks:\n{err[-20000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

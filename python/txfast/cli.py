@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -87,6 +89,8 @@ def main(log_level: str, log_format: str) -> None:
       txfast alerts --store duckdb:var/txfast.duckdb --risk CRITICAL
     """
     configure_logging(log_level, log_format)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack, to stderr
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 @main.command(context_settings=CONTEXT)
