@@ -90,7 +90,9 @@ def main(log_level: str, log_format: str) -> None:
     """
     configure_logging(log_level, log_format)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack, to stderr
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # Not when stderr is no file (an embedding caller, click's test runner).
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
 
 @main.command(context_settings=CONTEXT)

@@ -303,6 +303,11 @@ class DuckDBStore(SqlStore):
                 self.applied_migrations = self.migrate()
             else:
                 self._check_version(self.schema_version)
+            if not read_only:
+                # The folds' connection, made here rather than by the fold thread while a
+                # batch runs on the write connection.
+                self._fold_con = self._con.cursor()
+                self._fold_con.execute(f"USE {_DB}")
         except BaseException:
             self._con.close()
             raise
