@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -26,7 +28,16 @@ def _get(url: str, token: str) -> dict:
         return json.loads(r.read())
 
 
-def test_run_serves_the_api_while_scoring_and_after(registry: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "ignore_sigint"),
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["sigint", "sigint-started-in-background", "sigterm"],
+)
+def test_run_serves_the_api_while_scoring_and_after(
+    registry: Path, tmp_path: Path, stop: signal.Signals, ignore_sigint: bool
+) -> None:
+    """``--keep-serving`` stops cleanly on SIGINT and SIGTERM, also when started with SIGINT
+    ignored (as a non-interactive shell starts a background job)."""
     store = f"duckdb:{tmp_path / 'run.duckdb'}"
     txfast = [sys.executable, "-m", "txfast.cli"]
     created = subprocess.run(
@@ -70,6 +81,9 @@ def test_run_serves_the_api_while_scoring_and_after(registry: Path, tmp_path: Pa
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if ignore_sigint
+        else None,
     )
     try:
         deadline = time.monotonic() + 120
@@ -97,7 +111,7 @@ def test_run_serves_the_api_while_scoring_and_after(registry: Path, tmp_path: Pa
         assert scored and float(scored.group(1)) > 0, "and the scorer's, in the same process"
         stats = _get(f"{base}/stats?days=3650", token)
         assert stats["runtime"]["events"] > 0, "the scorer's own figures"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:
             assert proc.wait(timeout=30) == 0
         except subprocess.TimeoutExpired:
@@ -105,7 +119,7 @@ def test_run_serves_the_api_while_scoring_and_after(registry: Path, tmp_path: Pa
             time.sleep(2)
             proc.kill()
             _, err = proc.communicate(timeout=10)
-            raise AssertionError(f"no exit 30 s after SIGINT; stacks:\n{err[-20000:]}") from None
+            raise AssertionError(f"no exit 30 s after {stop!r}; stacks:\n{err[-20000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

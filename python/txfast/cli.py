@@ -875,8 +875,7 @@ def run(
         )
         if server is not None and keep_serving:
             click.echo(f"stream done; serving {server.url} until interrupted (Ctrl-C)", err=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+            _wait_for_stop_signal()
     finally:
         if server is not None:
             server.stop()
@@ -892,6 +891,26 @@ def run(
         )
         click.echo(f"risk levels: {d['by_risk']}")
         click.echo(f"see the alerts: txfast alerts --store {settings.store}")
+
+
+def _wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM arrives.
+
+    The handlers are installed here rather than relying on ``KeyboardInterrupt``: a process
+    started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    then raises nothing on Ctrl-C or ``kill -INT`` (and SIGTERM would kill it without closing
+    the store).
+    """
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _start_api(
