@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -346,8 +346,13 @@ class SqlStore(Store):
     _ALERT_JSON: str
     """One alert's JSON text (:func:`alert_json_sql`)."""
 
+    _folder: ThreadPoolExecutor | None = None
+    """The thread the statistics deltas are folded on (made at the first fold)."""
+
     _folding: Future[None] | None = None
     """The background fold of the statistics deltas, if one was started."""
+
+    _closed: bool
 
     _fold_failures = 0
     """Background folds failed in a row."""
@@ -358,6 +363,26 @@ class SqlStore(Store):
     DuckDB uses an ART index only when the equality is the scan's sole filter."""
 
     _seen_versions: set[str]
+
+    def _fold_idle(self) -> bool:
+        """No background fold is running and the store is open: one may start."""
+        running = self._folding
+        return not self._closed and (running is None or running.done())
+
+    def _start_fold(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Run ``fn(*args)`` on the fold thread; False when the store is closing."""
+        if self._folder is None:
+            self._folder = ThreadPoolExecutor(1, thread_name_prefix="txfast-fold")
+        try:
+            self._folding = self._folder.submit(fn, *args)
+        except RuntimeError:  # shut down by close(), which folds what is left
+            return False
+        return True
+
+    def _stop_folds(self) -> None:
+        """Wait for the background fold and end its thread (on close)."""
+        if self._folder is not None:
+            self._folder.shutdown(wait=True)
 
     def wait_folds(self) -> None:
         """Wait for the background fold of the statistics deltas, if one is running."""

@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -286,8 +285,6 @@ class DuckDBStore(SqlStore):
         """Batches written since the last full :meth:`compact`."""
         self._fold_in = self._staggered()
         """Batches until each rollup's deltas are folded."""
-        self._folder: ThreadPoolExecutor | None = None
-        self._folding: Future[None] | None = None
         self._fold_lock = threading.Lock()
         self._fold_con: duckdb.DuckDBPyConnection | None = None
         self._statements: dict[str, duckdb.Statement] = {}
@@ -456,17 +453,11 @@ class DuckDBStore(SqlStore):
         meanwhile, which a fold neither reads nor deletes (they are not in its snapshot).
         Tables whose fold is due while another runs, or fails, stay due for the next batch.
         """
-        running = self._folding
-        if self._closed or (running is not None and not running.done()):
+        if not self._fold_idle():
             return
         for table in tables:
             self._fold_in[table] = self._compact_every
-        if self._folder is None:
-            self._folder = ThreadPoolExecutor(1, thread_name_prefix="txfast-fold")
-        try:
-            self._folding = self._folder.submit(self._fold_or_retry, tables)
-        except RuntimeError:  # closing: close() folds what is left
-            pass
+        self._start_fold(self._fold_or_retry, tables)
 
     def _fold_or_retry(self, tables: list[str]) -> None:
         try:
@@ -701,8 +692,7 @@ class DuckDBStore(SqlStore):
                 self.compact()
             except StoreError as e:  # the deltas stay; readers sum them
                 log.warning("%s", e)
-        if self._folder is not None:
-            self._folder.shutdown(wait=True)
+        self._stop_folds()
         with self._lock, self._fold_lock:
             if self._closed:
                 return

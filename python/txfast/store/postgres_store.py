@@ -22,7 +22,6 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -293,8 +292,6 @@ class PostgresStore(SqlStore):
         self._seen_versions = set()
         self._compact_every = max(1, compact_every)
         self._uncompacted = 0
-        self._folder: ThreadPoolExecutor | None = None
-        self._folding: Future[None] | None = None
         self.applied_migrations: list[int] = []
         """Versions migrated when this store was opened."""
         try:
@@ -475,18 +472,13 @@ class PostgresStore(SqlStore):
         in one statement, safe beside concurrent writers: see :meth:`compact`). While a fold
         runs, or after one failed, the next batch tries again.
         """
-        running = self._folding
-        if self._closed or (running is not None and not running.done()):
+        if not self._fold_idle():
             return
-        if self._folder is None:
-            self._folder = ThreadPoolExecutor(1, thread_name_prefix="txfast-fold")
         # Counted on this (the writer's) thread only: the batches written during the fold
         # count towards the next one.
         self._uncompacted = 0
-        try:
-            self._folding = self._folder.submit(self._compact_or_retry)
-        except RuntimeError:  # closing: close() folds what is left
-            self._uncompacted = self._compact_every
+        if not self._start_fold(self._compact_or_retry):
+            self._uncompacted = self._compact_every  # close() folds them
 
     def _compact_or_retry(self) -> None:
         try:
@@ -665,8 +657,7 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         """Fold pending statistics deltas and close the pool (idempotent)."""
-        if self._folder is not None:
-            self._folder.shutdown(wait=True)
+        self._stop_folds()
         if self._uncompacted and not self._closed and not self.read_only:
             try:
                 self.compact(timeout=5.0)

@@ -62,8 +62,9 @@ fn count_le(s: &[i64], x: i64) -> usize {
     // s[0] <= x < s[n - 1]: the answer is in 1..n, and n >= 2.
     let span = (i128::from(s[n - 1]) - i128::from(s[0])) as u128;
     let offset = (i128::from(x) - i128::from(s[0])) as u128;
-    let guess = 1 + (offset * (n as u128 - 2) / span) as usize; // in 1..=n - 1
-                                                                // Bracket: s[lo] <= x < s[hi].
+    // In 1..=n - 1.
+    let guess = 1 + (offset * (n as u128 - 2) / span) as usize;
+    // Bracket: s[lo] <= x < s[hi].
     let (lo, hi) = if s[guess] <= x {
         let (mut lo, mut step) = (guess, 1);
         loop {
