@@ -10,6 +10,10 @@
   each: p50/p95/p99/max from the transaction's Kafka timestamp to the moment a
   ``read_committed`` consumer receives its alert (only alerts are published, so the samples
   are the alerted transactions).
+- ``bare_relay_latency``: the same measurement, at ``--relay-rates`` (10,000 tx/s), of a bare
+  exactly-once relay (:class:`BareRelay`: consume, then one Kafka transaction per micro-batch
+  with the consumed offsets, nothing else): the floor that Kafka transactions on this
+  machine put under txfast's latency, as ``bare_consume_tx_per_s`` is for the drain.
 
 ``TXFAST_KAFKA_BOOTSTRAP`` points it at an existing broker instead of starting one.
 """
@@ -25,12 +29,17 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+WARMUP_S = 2.0
+"""Seconds of load before the latency samples count: a consumer's first fetches and a
+producer's first transaction (coordinator lookups, partitions added) are once per process."""
 
 
 def log(msg: str) -> None:
@@ -207,9 +216,11 @@ def freeze_startup() -> None:
 def _generate(bootstrap: str, topic: str, rate: int, seconds: float, events_path: str) -> None:
     """Child process: send ``rate`` transactions per second for ``seconds``.
 
-    Each is produced when due, within a millisecond (its Kafka timestamp is set when it is
-    produced, so producer batching would count as txfast's latency). A process of its own:
-    a Python loop per event in the scorer's process would compete for its GIL.
+    Every millisecond it produces the transactions that are due by then (a message's Kafka
+    timestamp is set when it is produced, so this lateness is not counted as txfast's; a
+    sleep per message cost a quarter of a core at 10,000 tx/s, taken from the scorer and
+    the broker on this machine). A process of its own: a Python loop per event in the
+    scorer's process would compete for its GIL.
     """
     import pickle
 
@@ -220,26 +231,30 @@ def _generate(bootstrap: str, topic: str, rate: int, seconds: float, events_path
     # the partitions up, which would count as txfast's latency.
     p.list_topics(topic, timeout=30)
     n = int(rate * seconds)
+    sent = 0
     t0 = time.perf_counter()
-    for i in range(n):
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
+    while sent < n:
+        due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+        for i in range(sent, due):
+            value, key = events[i % len(events)]
+            while True:
+                try:
+                    p.produce(topic, value=value, key=key)
+                    break
+                except BufferError:
+                    p.poll(0.01)
+        sent = due
+        p.poll(0)
+        # Sleep until the next message is due, and at least a millisecond.
+        wake = max(t0 + sent / rate, time.perf_counter() + 0.001)
+        delay = wake - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        value, key = events[i % len(events)]
-        while True:
-            try:
-                p.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                p.poll(0.01)
-        if i % 100 == 0:
-            p.poll(0)
     p.flush(60)
 
 
 def _read(bootstrap: str, topic: str, ready, done, out) -> None:  # noqa: ANN001 - mp objects
-    """Child process: ``now - source_timestamp`` of every alert a read_committed consumer gets."""
+    """Child process: ``(source_timestamp, now - source_timestamp)`` of every alert received."""
     from confluent_kafka import Consumer
 
     reader = Consumer(
@@ -248,13 +263,17 @@ def _read(bootstrap: str, topic: str, ready, done, out) -> None:  # noqa: ANN001
             "group.id": f"lat-reader-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 1,
+            # The broker answers a waiting read_committed fetch as soon as a commit makes
+            # data visible (see transaction_floor), so a long wait adds no latency; 1 ms
+            # made the broker serve a thousand empty fetches a second, taken from the
+            # scorer's CPU on this machine.
+            "fetch.wait.max.ms": 100,
             "socket.nagle.disable": True,
             "enable.auto.commit": False,
         }
     )
     reader.subscribe([topic])
-    samples: list[float] = []
+    samples: list[tuple[int, float]] = []  # (source timestamp, latency), ms
     ready.set()
     # poll, not consume(n, timeout): consume waits for n messages or the whole timeout, which
     # would add up to the timeout to every sample.
@@ -263,15 +282,84 @@ def _read(bootstrap: str, topic: str, ready, done, out) -> None:  # noqa: ANN001
         if m is not None and m.error() is None:
             now = time.time() * 1000
             stamp = dict(m.headers() or [])["source_timestamp"]
-            samples.append(now - int(stamp))
+            samples.append((int(stamp), now - int(stamp)))
     reader.close()
     out.send(samples)
 
 
+class BareRelay:
+    """The floor of exactly-once latency: consume, then one Kafka transaction, nothing else.
+
+    A confluent-kafka loop with the scorer's client settings and micro-batching (2 ms linger)
+    and no decoding, features, scoring or store: each batch's every 40th message (about
+    txfast's alert rate) goes to the output topic with its ``source_timestamp`` header, in a
+    transaction with the consumed offsets. Measured like the scorer, under the same load.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, linger_ms: int = 2) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        self.topic, self.out, self.linger = topic, f"{topic}-alerts", linger_ms / 1000
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"relay-{topic}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "socket.nagle.disable": True,
+                "fetch.wait.max.ms": 5,
+            }
+        )
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "transactional.id": f"relay-{topic}",
+                "linger.ms": 1,
+                "retry.backoff.ms": 2,
+                "retry.backoff.max.ms": 20,
+                "socket.nagle.disable": True,
+                "compression.type": "lz4",
+            }
+        )
+        self.producer.init_transactions(60)
+        self._stop = threading.Event()
+        self.stats = types.SimpleNamespace(batches=0, stage_s={"consume": 0.0, "kafka": 0.0})
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, idle_timeout_s: float = 10) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.consumer.subscribe([self.topic])
+        p, stage = self.producer, self.stats.stage_s
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            msgs = [m for m in self.consumer.consume(8192, self.linger) if m.error() is None]
+            t1 = time.perf_counter()
+            stage["consume"] += t1 - t0
+            if not msgs:
+                continue
+            p.begin_transaction()
+            ends: dict[tuple[str, int], int] = {}
+            for m in msgs:
+                ends[(m.topic(), m.partition())] = m.offset() + 1
+                if m.offset() % 40 == 0:
+                    stamp = str(m.timestamp()[1]).encode()
+                    p.produce(self.out, m.value(), m.key(), headers=[("source_timestamp", stamp)])
+            offsets = [TopicPartition(t, part, off) for (t, part), off in ends.items()]
+            p.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+            p.commit_transaction(60)
+            stage["kafka"] += time.perf_counter() - t1
+            self.stats.batches += 1
+        self.consumer.close()
+
+
 def latency(
-    bootstrap: str, tmp: Path, registry: Path, rate: int, seconds: float, events
+    bootstrap: str, tmp: Path, registry: Path, rate: int, seconds: float, events, *, bare=False
 ) -> dict[str, float]:
-    """The scorer in this process; the load generator and the alert reader in two others."""
+    """The scorer (or the bare relay) in this process; the load and the reader in others."""
     import multiprocessing
     import pickle
 
@@ -284,7 +372,11 @@ def latency(
     if not events_path.exists():
         with open(events_path, "wb") as f:
             pickle.dump(events[:1_000_000], f, protocol=pickle.HIGHEST_PROTOCOL)
-    scorer = KafkaScorer(settings_for(tmp, registry, bootstrap, topic, linger_ms=2))
+    scorer: Any
+    if bare:
+        scorer = BareRelay(bootstrap, topic, linger_ms=2)
+    else:
+        scorer = KafkaScorer(settings_for(tmp, registry, bootstrap, topic, linger_ms=2))
     freeze_startup()
     runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout_s": 10}, daemon=True)
     runner.start()
@@ -294,36 +386,50 @@ def latency(
     reader.start()
     ready.wait(60)
     time.sleep(3)  # group joins before the load starts
-    gen = mp.Process(target=_generate, args=(bootstrap, topic, rate, seconds, str(events_path)))
+    load_start_ms = time.time() * 1000
+    gen = mp.Process(
+        target=_generate,
+        args=(bootstrap, topic, rate, seconds + WARMUP_S, str(events_path)),
+    )
     gen.start()
     gen.join()
     time.sleep(3)
     scorer.stop()
     runner.join(60)
     done.set()
-    samples = receive.recv() if receive.poll(30) else []
+    pairs = receive.recv() if receive.poll(30) else []
     reader.join(10)
     batches = max(1, scorer.stats.batches)
     breakdown = {k: round(v * 1000 / batches, 3) for k, v in scorer.stats.stage_s.items()}
-    if not samples:
-        return {
-            "p50_ms": float("nan"),
-            "p95_ms": float("nan"),
-            "p99_ms": float("nan"),
-            "max_ms": float("nan"),
-            "samples": 0,
-        }
-    a = np.asarray(samples)
-    return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p95_ms": float(np.percentile(a, 95)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "max_ms": float(a.max()),
-        "samples": len(a),
+    stamps = np.asarray([p[0] for p in pairs], dtype=np.float64)
+    lat = np.asarray([p[1] for p in pairs], dtype=np.float64)
+    measured = stamps >= load_start_ms + WARMUP_S * 1000
+    a = lat[measured]
+    out: dict[str, Any] = {
+        "p50_ms": float("nan"),
+        "p95_ms": float("nan"),
+        "p99_ms": float("nan"),
+        "max_ms": float("nan"),
+        "samples": int(len(a)),
         "offered_tx_per_s": rate,
         "batches": scorer.stats.batches,
         "stage_ms_per_batch": breakdown,
+        "warmup_s": WARMUP_S,
+        "warmup_max_ms": float(lat[~measured].max()) if (~measured).any() else float("nan"),
     }
+    if len(a):
+        out.update(
+            p50_ms=float(np.percentile(a, 50)),
+            p95_ms=float(np.percentile(a, 95)),
+            p99_ms=float(np.percentile(a, 99)),
+            max_ms=float(a.max()),
+            # Where the slowest samples were: seconds into the measured period.
+            slowest_at_s=sorted(
+                round(float(t - load_start_ms) / 1000 - WARMUP_S, 2)
+                for t in stamps[measured][np.argsort(a)[-5:]]
+            ),
+        )
+    return out
 
 
 def main() -> None:
@@ -331,6 +437,11 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=2_000_000)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rates", default="1000,10000,50000")
+    ap.add_argument(
+        "--relay-rates",
+        default="10000",
+        help="offered loads for the bare exactly-once relay ('' for none)",
+    )
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -356,10 +467,16 @@ def main() -> None:
             result["drain_stats"] = stats
             result["drain_vs_bare"] = result["drain_tx_per_s"] / result["bare_consume_tx_per_s"]
             result["latency"] = {}
-            for rate in (int(r) for r in args.rates.split(",")):
+            for rate in (int(r) for r in args.rates.split(",") if r):
                 log(f"latency at {rate:,} tx/s for {args.seconds:.0f} s")
                 result["latency"][str(rate)] = latency(
                     bootstrap, tmp, registry, rate, args.seconds, events
+                )
+            result["bare_relay_latency"] = {}
+            for rate in (int(r) for r in args.relay_rates.split(",") if r):
+                log(f"bare exactly-once relay at {rate:,} tx/s for {args.seconds:.0f} s")
+                result["bare_relay_latency"][str(rate)] = latency(
+                    bootstrap, tmp, registry, rate, args.seconds, events, bare=True
                 )
     finally:
         if started:
