@@ -183,11 +183,12 @@ def store_alerts(store: Path | str) -> dict[str, list[float]]:
         with psycopg.connect(store) as conn:
             rows = conn.execute("SELECT transaction_id, features FROM alerts").fetchall()
         return {tid: [float(x) for x in feats] for tid, feats in rows}
-    import duckdb
+    from txfast.store.duckdb_store import DuckDBStore
 
-    con = duckdb.connect(str(store), read_only=True)
-    rows = con.execute("SELECT transaction_id, features FROM alerts").fetchall()
-    con.close()
+    # Opened as txfast opens a store: the small batches a killed scorer had staged (durable,
+    # its offsets committed) are written in full first (see DuckDBStore's defer_ms).
+    with DuckDBStore(str(store)) as s:
+        rows = s.query("SELECT transaction_id, features FROM alerts")
     return dict(rows)
 
 

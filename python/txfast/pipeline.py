@@ -143,8 +143,14 @@ class Pipeline:
         self._next_label_poll = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
-        """Open the store and load the champion model named in ``settings``."""
+    def from_settings(cls, settings: Settings, *, store_defer_ms: float = 0.0) -> Pipeline:
+        """Open the store and load the champion model named in ``settings``.
+
+        Args:
+            settings: Settings.
+            store_defer_ms: A DuckDB store's ``defer_ms`` (staged small batches; see
+                :class:`~txfast.store.duckdb_store.DuckDBStore`); ignored by PostgreSQL.
+        """
         engine = build_engine(settings)
         scorer = Scorer.from_registry(
             settings.registry,
@@ -155,7 +161,8 @@ class Pipeline:
             explain_top_k=settings.explain.top_k,
             explain_method=settings.explain.method,
         )
-        store = open_store(settings.store, migrate=settings.store_migrate)
+        options = {"defer_ms": store_defer_ms} if settings.store.startswith("duckdb:") else {}
+        store = open_store(settings.store, migrate=settings.store_migrate, **options)
         return cls(settings, store=store, scorer=scorer, engine=engine)
 
     def process(self, batch: SourceBatch, source: str) -> BatchResult:
