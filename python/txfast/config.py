@@ -110,6 +110,9 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     history: str = "all"  # all | alerts | none
     store_features: str = "alerts"  # alerts | none
     store_retry_max_s: float = 5.0  # longest pause between store retries during an outage
+    # DuckDB store: small batches are staged durably and written in full with the others of
+    # the last this many ms (DuckDBStore defer_ms; alerts visible that much later). 0: off.
+    store_defer_ms: int = 100
     log_every: str = "10s"  # how often the batch summary is logged (txfast.logs)
 
 
@@ -169,9 +172,6 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     checkpoint_interval_s: float = 30.0
     transaction_timeout_ms: int = 30_000
     max_in_flight: int = 2  # decided batches waiting for the sinks (memory bound, back-pressure)
-    # DuckDB store: small batches are staged durably and written in full with the others of
-    # the last this many ms (DuckDBStore defer_ms; alerts visible that much later). 0: off.
-    store_defer_ms: int = 100
     consumer: dict[str, str] = msgspec.field(default_factory=dict)  # extra librdkafka settings
     producer: dict[str, str] = msgspec.field(default_factory=dict)
 

@@ -136,20 +136,22 @@ class Pipeline:
             log, parse_duration_ms(settings.pipeline.log_every) / 1000, LEVELS
         )
         # Called after every successful store write (any thread), e.g. by an API served in
-        # this process, so that its live feed reads the new alerts at once.
+        # this process, so that its live feed reads the new alerts at once; and when a store
+        # that stages small batches has made staged ones visible (DuckDB's mover thread).
         self.on_stored: list[Callable[[], None]] = []
+        listeners = getattr(store, "visible_listeners", None)
+        if listeners is not None:
+            listeners.append(self._notify_stored)
         self.label_cursor = 0  # the last store label event given to the engine
         self._label_poll_s = parse_duration_ms(settings.features.label_poll) / 1000
         self._next_label_poll = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, store_defer_ms: float = 0.0) -> Pipeline:
+    def from_settings(cls, settings: Settings) -> Pipeline:
         """Open the store and load the champion model named in ``settings``.
 
-        Args:
-            settings: Settings.
-            store_defer_ms: A DuckDB store's ``defer_ms`` (staged small batches; see
-                :class:`~txfast.store.duckdb_store.DuckDBStore`); ignored by PostgreSQL.
+        A DuckDB store stages small batches for ``[pipeline] store_defer_ms`` (see
+        :class:`~txfast.store.duckdb_store.DuckDBStore`'s ``defer_ms``).
         """
         engine = build_engine(settings)
         scorer = Scorer.from_registry(
@@ -161,7 +163,11 @@ class Pipeline:
             explain_top_k=settings.explain.top_k,
             explain_method=settings.explain.method,
         )
-        options = {"defer_ms": store_defer_ms} if settings.store.startswith("duckdb:") else {}
+        options = (
+            {"defer_ms": settings.pipeline.store_defer_ms}
+            if settings.store.startswith("duckdb:")
+            else {}
+        )
         store = open_store(settings.store, migrate=settings.store_migrate, **options)
         return cls(settings, store=store, scorer=scorer, engine=engine)
 
@@ -359,14 +365,17 @@ class Pipeline:
                 extra={"event": "store_recovered", "attempts": attempt},
             )
         result.stages["store"] = time.perf_counter() - t0
+        self._notify_stored()
+        self._count(result.decoded, result.decisions, result.stored.dead_letters)
+        if observe:
+            self.observe(result)
+
+    def _notify_stored(self) -> None:
         for hook in self.on_stored:
             try:
                 hook()
             except Exception:  # a listener's failure never fails the batch
                 log.exception("an on_stored hook failed")
-        self._count(result.decoded, result.decisions, result.stored.dead_letters)
-        if observe:
-            self.observe(result)
 
     def observe(self, result: BatchResult) -> None:
         """Count a durable batch in the metrics and the periodic batch summary log."""
@@ -512,6 +521,7 @@ class Pipeline:
                 _progress(progress, self.summary)
             if max_events is not None and self.summary.events >= max_events:
                 break
+        self.store.flush_deferred()  # the run's batches visible when it returns
         self.summary.seconds = time.perf_counter() - t0
         self.batch_log.flush()
         if progress is not None:

@@ -262,9 +262,7 @@ class KafkaScorer:
 
         self.settings = settings
         self.k: KafkaSettings = settings.kafka
-        self.pipeline = pipeline or Pipeline.from_settings(
-            settings, store_defer_ms=self.k.store_defer_ms
-        )
+        self.pipeline = pipeline or Pipeline.from_settings(settings)
         self.checkpoints = CheckpointDir(self.k.checkpoint_dir, self.k.group)
         self.on_batch = on_batch
         self.stats = StreamStats(model_version=self.pipeline.scorer.model_version)

@@ -729,6 +729,13 @@ class Store(abc.ABC):
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a SQL statement and return its rows (for the CLI and tests)."""
 
+    def flush_deferred(self) -> None:  # noqa: B027 - optional, no-op by default
+        """Make every written batch visible to readers now.
+
+        A store may make small batches durable before it makes them visible (DuckDB's
+        ``defer_ms``); this writes them in full. A no-op for stores that do not defer.
+        """
+
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and close."""

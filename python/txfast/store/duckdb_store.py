@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -340,6 +340,8 @@ class DuckDBStore(SqlStore):
         self._move_lock = threading.Lock()
         self._move_failures = 0
         self._after_lock = threading.Lock()
+        self.visible_listeners: list[Callable[[], None]] = []
+        """Called after the mover made staged batches visible (on its thread)."""
         self.applied_migrations: list[int] = []
         """Versions migrated when this store was opened."""
         try:
@@ -684,6 +686,11 @@ class DuckDBStore(SqlStore):
         if moved:
             self._uncompacted += 1
             self._after_write()
+            for listener in self.visible_listeners:
+                try:
+                    listener()
+                except Exception:  # a listener's failure never fails the move
+                    log.exception("a listener of moved batches failed")
 
     def _checkpoint_due(self) -> list[str]:
         """The databases whose write-ahead log outgrew ``checkpoint_wal_bytes``.
