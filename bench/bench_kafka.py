@@ -107,16 +107,21 @@ def producer(bootstrap: str, linger_ms: int = 5):
     )
 
 
+def send(p, topic: str, value: bytes, key: bytes) -> None:  # noqa: ANN001 - a Producer
+    """Produce one message, letting deliveries drain while the local queue is full."""
+    while True:
+        try:
+            p.produce(topic, value=value, key=key)
+            return
+        except BufferError:
+            p.poll(0.01)
+
+
 def preload(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> float:
     p = producer(bootstrap)
     t0 = time.perf_counter()
     for value, key in events:
-        while True:
-            try:
-                p.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                p.poll(0.01)
+        send(p, topic, value, key)
     assert p.flush(120) == 0
     return len(events) / (time.perf_counter() - t0)
 
@@ -237,12 +242,7 @@ def _generate(bootstrap: str, topic: str, rate: int, seconds: float, events_path
         due = min(n, int((time.perf_counter() - t0) * rate) + 1)
         for i in range(sent, due):
             value, key = events[i % len(events)]
-            while True:
-                try:
-                    p.produce(topic, value=value, key=key)
-                    break
-                except BufferError:
-                    p.poll(0.01)
+            send(p, topic, value, key)
         sent = due
         p.poll(0)
         # Sleep until the next message is due, and at least a millisecond.
