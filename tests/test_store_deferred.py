@@ -169,3 +169,68 @@ def test_a_checkpoint_threshold_given_keeps_duckdbs_own_checkpoints(tmp_path: Pa
         s.wait_folds()
         assert os.path.getsize(f"{path}.wal") > 60 << 10  # never checkpointed by txfast
         check(s, ROWS)
+
+
+def test_batches_are_written_in_full_while_moves_fail(tmp_path: Path, monkeypatch) -> None:
+    """A failing mover never lets staged batches pile up unseen: writes go in full again."""
+    real = DuckDBStore._move_generations
+
+    def broken(self, gen):
+        raise duckdb_store.StoreError("cannot move")
+
+    with DuckDBStore(str(tmp_path / "s.duckdb"), defer_ms=10) as s:
+        s.write_batch(scored_batch(PRIME))
+        monkeypatch.setattr(DuckDBStore, "_move_generations", broken)
+        for part in chunks(ROWS[:40], 10):
+            s.write_batch(scored_batch(part))
+        deadline = time.monotonic() + 10
+        while s._move_failures < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s._move_failures >= 3
+        before = s.count("transactions")
+        s.write_batch(scored_batch(ROWS[40:50]))  # small, but written in full now
+        assert s.count("transactions") == before + len(
+            {r.id for r in ROWS[40:50]} - {r.id for r in PRIME}
+        )
+        monkeypatch.setattr(DuckDBStore, "_move_generations", real)
+        s.flush_deferred()
+        for part in chunks(ROWS[50:], 10):
+            s.write_batch(scored_batch(part))
+        s.flush_deferred()
+        check(s, ROWS)
+
+
+def test_a_store_opens_when_its_staged_batches_cannot_be_moved(tmp_path: Path, monkeypatch) -> None:
+    path = str(tmp_path / "s.duckdb")
+    child = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from store_helpers import history, scored_batch
+        from txfast.store.duckdb_store import DuckDBStore
+        rows = history(days=2)
+        prime = list({{r.model: r for r in rows}}.values())
+        s = DuckDBStore({path!r}, defer_ms={HOLD})
+        s.write_batch(scored_batch(prime))
+        for i in range(0, len(rows), 10):
+            s.write_batch(scored_batch(rows[i : i + 10]))
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=120)
+    real = DuckDBStore._move_generations
+
+    def broken(self, gen):
+        raise duckdb_store.StoreError("cannot move")
+
+    monkeypatch.setattr(DuckDBStore, "_move_generations", broken)
+    s = DuckDBStore(path, defer_ms=HOLD)  # opens; the staged rows stay staged
+    try:
+        assert s.count("transactions") == len(PRIME)
+        s.write_batch(scored_batch(ROWS[:10]))  # written in full, not staged behind them
+        assert s.count("transactions") == len({r.id for r in ROWS[:10] + PRIME})
+        monkeypatch.setattr(DuckDBStore, "_move_generations", real)
+        s.flush_deferred()
+        check(s, ROWS)
+    finally:
+        s.close()

@@ -487,6 +487,9 @@ class Store(abc.ABC):
     def write_batch(self, batch: ScoredBatch, *, history: str = "all") -> None:
         """Write one batch atomically (one transaction). Called once per pipeline batch.
 
+        The batch is durable when this returns; a store may make it visible to readers a
+        little later (DuckDB's ``defer_ms``; see :meth:`flush_deferred`).
+
         Args:
             batch: The batch.
             history: ``all`` stores every transaction, ``alerts`` only alerted ones,

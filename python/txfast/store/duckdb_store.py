@@ -1,6 +1,7 @@
 """The embedded DuckDB store: bulk appends from Arrow, idempotent by transaction id.
 
-Writes are serialised by a lock on one connection; reads run on a cursor per thread (DuckDB
+Full writes are serialised by a lock on one connection (staged small batches have their own,
+see below); reads run on a cursor per thread (DuckDB
 connections to the same database), so the API can read while the scorer writes, and a
 reader sees whole batches only. The statistics deltas are folded into their rollups on a
 connection of their own, in a background thread (:meth:`DuckDBStore._fold_later`).
@@ -17,8 +18,9 @@ alert is never stored twice.
 
 A small batch's cost is the number of statements it runs (each a few hundred microseconds,
 whatever it writes) and its commit: see :meth:`DuckDBStore._write`. With ``defer_ms`` (the
-Kafka scorer's default), small batches are instead staged durably in a database of their
-own (``PATH.staging``) and written in full by a mover thread (:meth:`DuckDBStore._defer`).
+scorer's default, ``[pipeline] store_defer_ms``), small batches are instead staged durably in
+a database of their own (``PATH.staging``) and written in full by a mover thread
+(:meth:`DuckDBStore._defer`).
 Checkpoints run in the background (``checkpoint_wal_bytes``).
 """
 
@@ -356,7 +358,17 @@ class DuckDBStore(SqlStore):
                 self._fold_con.execute(f"USE {_DB}")
                 self._attach_staging(path)
                 # Batches a crash left staged (durable, not moved yet) go where they belong.
-                self._move_deferred()
+                try:
+                    self._move_deferred()
+                except Exception as e:  # noqa: BLE001 - they stay staged; the store opens
+                    self._move_failures = _MOVE_FAILURES_BEFORE_FULL_WRITES
+                    log.error(
+                        "staged batches of %s could not be moved (they stay in %s.staging, "
+                        "moved at a later open): %s",
+                        self.url,
+                        path,
+                        e,
+                    )
         except BaseException:
             self._con.close()
             raise
@@ -483,6 +495,8 @@ class DuckDBStore(SqlStore):
         alerts = unique_ids(batch.alerts) if batch.alerts.num_rows else None
         if history != "none" and self._defer(batch, tx, alerts):
             return
+        if self._staged_rows and self._move_failures < _MOVE_FAILURES_BEFORE_FULL_WRITES:
+            self._move_deferred()  # staged batches first: a full write never overtakes them
         try:
             versions = self._write(batch, tx, alerts, careful=history == "none")
         except _AlertReplayed:
@@ -547,6 +561,13 @@ class DuckDBStore(SqlStore):
         """Stage a small batch durably for the mover; False when it must be written in full."""
         if not self._defer_s or not self._staging_attached or batch.dead_letters:
             return False
+        if (
+            self._move_failures >= _MOVE_FAILURES_BEFORE_FULL_WRITES
+            or self._staged_rows >= _STAGED_ROWS_CAP * self._defer_rows
+        ):
+            # The mover is failing or far behind: in full, so that a failing store fails
+            # the caller's write (which then holds its offsets) instead of piling up.
+            return False
         rows = (tx.num_rows if tx is not None else 0) + (alerts.num_rows if alerts else 0)
         if rows == 0 or rows > self._defer_rows:
             return False
@@ -586,7 +607,7 @@ class DuckDBStore(SqlStore):
                     pass
                 raise StoreError(f"staging a batch in {self.url} failed: {e}") from e
             self._staged_rows += rows
-            if self._mover is None:
+            if self._mover is None or not self._mover.is_alive():
                 self._mover = threading.Thread(
                     target=self._move_loop, name="txfast-mover", daemon=True
                 )
@@ -607,11 +628,16 @@ class DuckDBStore(SqlStore):
             except Exception as e:  # noqa: BLE001 - staged rows are durable; retried
                 self._move_failures += 1
                 n = self._move_failures
-                if n in (1, 10) or n % 100 == 0:
-                    log.warning("moving staged batches failed (%d times), will retry: %s", n, e)
+                if n in (1, _MOVE_FAILURES_BEFORE_FULL_WRITES, 10) or n % 100 == 0:
+                    log.error(
+                        "moving staged batches failed (%d times), will retry%s: %s",
+                        n,
+                        "; writing batches in full meanwhile"
+                        if n >= _MOVE_FAILURES_BEFORE_FULL_WRITES
+                        else "",
+                        e,
+                    )
                 self._mover_stop.wait(min(5.0, self._defer_s * 2 ** min(n, 6)))
-            else:
-                self._move_failures = 0
 
     def flush_deferred(self) -> None:
         """Write the staged small batches in full now (readers see them on return)."""
@@ -633,57 +659,13 @@ class DuckDBStore(SqlStore):
                 self._staging_gen += 1
                 moving, self._staged_rows = self._staged_rows, 0
             try:
-                self._move_generations(gen)
+                moved = self._move_generations(gen)
             except BaseException:
                 with self._staging_lock:
                     self._staged_rows += moving  # still staged: the mover tries again
                 raise
-
-    def _move_generations(self, gen: int) -> None:
-        if not self._staging_attached:
-            return
-        moved = False
-        with self._writing("moving staged batches into") as ex:
-            staged: dict[str, list[str]] = {"transactions": [], "alerts": []}
-            for (name,) in ex(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
-                "AND starts_with(table_name, ?) ORDER BY table_name",
-                [_STAGING_DB, _STAGED_PREFIX],
-            ):
-                kind, _, g = name[len(_STAGED_PREFIX) :].rpartition("_")
-                if kind in staged and g.isdigit() and int(g) <= gen:
-                    staged[kind].append(f"{_STAGING_DB}.{name}")
-            tables = {
-                kind: pa.concat_tables(
-                    [self._con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in names],
-                    promote_options="default",
-                )
-                if names
-                else None
-                for kind, names in staged.items()
-            }
-            tx, alerts = tables["transactions"], tables["alerts"]
-            tx = unique_ids(tx) if tx is not None and tx.num_rows else None
-            alerts = unique_ids(alerts) if alerts is not None and alerts.num_rows else None
-            if tx is not None or alerts is not None:
-                moved = True
-                stub = ScoredBatch(pa.table({}), pa.table({}), [], "staged")
-                self._write_in(ex, stub, tx, alerts, careful=True)
-        # Committed: the staged tables go (a transaction writes one database only). A crash
-        # before they are dropped moves them again at the next open: the rows already
-        # stored are recognised and skipped, the statistics count them once.
-        names = [t for group in staged.values() for t in group]
-        with self._staging_lock:
-            con = self._staging_con or self._con.cursor()
-            self._staging_con = con
-            try:
-                for t in names:
-                    con.execute(f"DROP TABLE {t}")
-            except duckdb.Error as e:
-                raise StoreError(f"dropping the moved staging tables failed: {e}") from e
-            for t in names:
-                self._staged_schemas.pop(t, None)
-        if moved:
+            self._move_failures = 0  # small batches may be staged again
+        if moved:  # outside the move lock: a listener may flush again
             self._uncompacted += 1
             self._after_write()
             for listener in self.visible_listeners:
@@ -692,10 +674,61 @@ class DuckDBStore(SqlStore):
                 except Exception:  # a listener's failure never fails the move
                     log.exception("a listener of moved batches failed")
 
+    def _move_generations(self, gen: int) -> bool:
+        """Move the staged tables of generations up to ``gen``; True if rows were written."""
+        if not self._staging_attached:
+            return False
+        moved = False
+        raw_sql = self._raw_sql  # before the transaction's snapshot (see _newest_stored_ts)
+        with self._writing("moving staged batches into") as ex:
+            found: list[tuple[int, str, str]] = []
+            for (name,) in ex(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
+                "AND starts_with(table_name, ?)",
+                [_STAGING_DB, _STAGED_PREFIX],
+            ):
+                kind, _, g = name[len(_STAGED_PREFIX) :].rpartition("_")
+                if kind in ("transactions", "alerts") and g.isdigit() and int(g) <= gen:
+                    found.append((int(g), kind, f"{_STAGING_DB}.{name}"))
+            found.sort()  # oldest generation first: the first copy of a replay wins
+            tables = {}
+            for kind in ("transactions", "alerts"):
+                names = [t for _, k, t in found if k == kind]
+                tables[kind] = (
+                    pa.concat_tables(
+                        [self._con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in names],
+                        promote_options="default",
+                    )
+                    if names
+                    else None
+                )
+            tx, alerts = tables["transactions"], tables["alerts"]
+            tx = unique_ids(tx) if tx is not None and tx.num_rows else None
+            alerts = unique_ids(alerts) if alerts is not None and alerts.num_rows else None
+            if tx is not None or alerts is not None:
+                moved = True
+                stub = ScoredBatch(pa.table({}), pa.table({}), [], "staged")
+                self._write_in(ex, stub, tx, alerts, careful=True, raw_sql=raw_sql)
+        # Committed: the staged tables go (a transaction writes one database only). A crash
+        # before they are dropped moves them again at the next open: the rows already
+        # stored are recognised and skipped, the statistics count them once.
+        names = [t for _, _, t in found]
+        with self._staging_lock:
+            con = self._staging_con or self._con.cursor()
+            self._staging_con = con
+            try:
+                for t in names:
+                    con.execute(f"DROP TABLE {t}")
+            except duckdb.Error as e:
+                log.warning("dropping moved staging tables failed (moved again later): %s", e)
+            for t in names:
+                self._staged_schemas.pop(t, None)
+        return moved
+
     def _checkpoint_due(self) -> list[str]:
         """The databases whose write-ahead log outgrew ``checkpoint_wal_bytes``.
 
-        None while the fold thread is busy: the check is made again after a later batch.
+        Empty while the fold thread is busy: the check is made again after a later batch.
         """
         if self._wal is None or not self._fold_idle():
             return []
@@ -715,23 +748,28 @@ class DuckDBStore(SqlStore):
         return due
 
     def _checkpoint(self, databases: list[str]) -> None:
-        """Fold thread: checkpoint, unless a write transaction is open (then: a later batch).
+        """Fold thread: checkpoint each database, unless a write transaction of it is open.
 
-        DuckDB skips a ``CHECKPOINT`` while another write transaction of the database is
-        open, so one that meets a batch's write is simply tried again after a later batch.
-        A checkpoint of the store holds its commits meanwhile (as DuckDB's own does), but not
-        the staging database's: deferred batches never wait for it (see :meth:`_defer`).
+        DuckDB refuses a ``CHECKPOINT`` while another write transaction of the database is
+        open ("other write transactions active"): the log stays and the checkpoint is tried
+        again after a later batch. A checkpoint of the store holds its commits meanwhile (as
+        DuckDB's own does), but not the staging database's: staged batches never wait for it
+        (see :meth:`_defer`).
         """
-        try:
-            with self._fold_lock:
-                if self._closed or self._fold_con is None:
-                    return
-                for db in databases:
-                    t0 = time.perf_counter()
+        with self._fold_lock:
+            if self._closed or self._fold_con is None:
+                return
+            for db in databases:
+                t0 = time.perf_counter()
+                try:
                     self._fold_con.execute(f"CHECKPOINT {db}")
-                    log.debug("checkpoint of %s: %.0f ms", db, (time.perf_counter() - t0) * 1000)
-        except duckdb.Error as e:  # the log stays; tried again after a later batch
-            log.warning("checkpointing %s failed: %s", self.url, e)
+                except duckdb.TransactionException as e:  # a write was open: a later batch
+                    log.debug("checkpoint of %s postponed: %s", db, e)
+                    continue
+                except duckdb.Error as e:  # the log stays; tried again after a later batch
+                    log.warning("checkpointing %s of %s failed: %s", db, self.url, e)
+                    continue
+                log.debug("checkpoint of %s: %.0f ms", db, (time.perf_counter() - t0) * 1000)
 
     def _fold_later(self, tables: list[str]) -> None:
         """Fold some rollups' deltas in the background (the next batch need not wait).
@@ -773,8 +811,9 @@ class DuckDBStore(SqlStore):
         duplicate) unless ``careful`` or some of the batch's transactions were stored
         before; the conflict check costs more than the whole append.
         """
+        raw_sql = self._raw_sql
         with self._writing("writing a batch to") as ex:
-            return self._write_in(ex, batch, tx, alerts, careful=careful)
+            return self._write_in(ex, batch, tx, alerts, careful=careful, raw_sql=raw_sql)
 
     def _write_in(
         self,
@@ -784,9 +823,12 @@ class DuckDBStore(SqlStore):
         alerts: pa.Table | None,
         *,
         careful: bool,
+        raw_sql: int,
     ) -> set[str]:
-        """The statements of :meth:`_write`, in the open write transaction."""
-        raw_sql = self._raw_sql
+        """The statements of :meth:`_write` (same arguments), in the open transaction ``ex``.
+
+        ``raw_sql`` is :attr:`_raw_sql` as read before the transaction began.
+        """
         new_tx = None
         if tx is not None:
             stored = []
@@ -994,8 +1036,10 @@ class DuckDBStore(SqlStore):
         if not self._closed and not self.read_only:
             try:
                 self._move_deferred()
-            except StoreError as e:  # the staged rows stay durable; moved at the next open
-                log.warning("%s", e)
+            except Exception as e:  # noqa: BLE001 - the staged rows stay; moved at the next open
+                log.error(
+                    "staged batches of %s stay staged (moved at the next open): %s", self.url, e
+                )
         if self._uncompacted and not self._closed:
             try:
                 self.compact()
@@ -1036,10 +1080,16 @@ _STAGING_DB = "txfast_staging"
 """The attached database of the staging tables (file ``PATH.staging``)."""
 
 _STAGED_PREFIX = "staged_"
+"""Staging tables of deferred small batches: ``staged_{transactions,alerts}_{generation}``."""
 
 _STAGING_WAL_BYTES = 16 << 20
 """The staging database is checkpointed when its write-ahead log reaches this size."""
-"""Staging tables of deferred small batches: ``staged_{transactions,alerts}_{generation}``."""
+
+_MOVE_FAILURES_BEFORE_FULL_WRITES = 3
+"""Failed moves in a row after which batches are written in full again (see :meth:`_defer`)."""
+
+_STAGED_ROWS_CAP = 64
+"""Batches of ``defer_rows`` staged at most; beyond, batches are written in full."""
 
 _STORED_IDS = (
     "SELECT b.transaction_id FROM txfast_rows b SEMI JOIN transactions t "
