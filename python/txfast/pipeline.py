@@ -139,9 +139,7 @@ class Pipeline:
         # this process, so that its live feed reads the new alerts at once; and when a store
         # that stages small batches has made staged ones visible (DuckDB's mover thread).
         self.on_stored: list[Callable[[], None]] = []
-        listeners = getattr(store, "visible_listeners", None)
-        if listeners is not None:
-            listeners.append(self._notify_stored)
+        store.add_visible_listener(self._notify_stored)
         self.label_cursor = 0  # the last store label event given to the engine
         self._label_poll_s = parse_duration_ms(settings.features.label_poll) / 1000
         self._next_label_poll = 0.0

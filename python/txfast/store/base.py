@@ -16,6 +16,7 @@ import abc
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -737,6 +738,13 @@ class Store(abc.ABC):
 
         A store may make small batches durable before it makes them visible (DuckDB's
         ``defer_ms``); this writes them in full. A no-op for stores that do not defer.
+        """
+
+    def add_visible_listener(self, listener: Callable[[], None]) -> None:  # noqa: B027
+        """Call ``listener`` (on any thread) whenever deferred batches become visible.
+
+        Only stores that defer call it (see :meth:`flush_deferred`); for the others a batch
+        is visible when :meth:`write_batch` returns, and this is a no-op.
         """
 
     @abc.abstractmethod

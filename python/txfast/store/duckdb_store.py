@@ -342,8 +342,8 @@ class DuckDBStore(SqlStore):
         self._move_lock = threading.Lock()
         self._move_failures = 0
         self._after_lock = threading.Lock()
-        self.visible_listeners: list[Callable[[], None]] = []
-        """Called after the mover made staged batches visible (on its thread)."""
+        self._visible_listeners: list[Callable[[], None]] = []
+        """Called after the mover made staged batches visible (see add_visible_listener)."""
         self.applied_migrations: list[int] = []
         """Versions migrated when this store was opened."""
         try:
@@ -546,14 +546,8 @@ class DuckDBStore(SqlStore):
             raise StoreError(f"cannot open the staging database of {self.url}: {e}") from e
         self._staging_attached = True
         # New batches go after every generation a previous process left (moved at open).
-        for (name,) in self._con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
-            "AND starts_with(table_name, ?)",
-            [_STAGING_DB, _STAGED_PREFIX],
-        ).fetchall():
-            g = name.rpartition("_")[2]
-            if g.isdigit():
-                self._staging_gen = max(self._staging_gen, int(g) + 1)
+        for gen, _, _ in self._staged_tables(self._con.execute(_STAGED_TABLES).fetchall()):
+            self._staging_gen = max(self._staging_gen, gen + 1)
         if staging is not None and self._wal is not None:
             self._staging_wal = Path(f"{staging}.wal")
 
@@ -668,11 +662,29 @@ class DuckDBStore(SqlStore):
         if moved:  # outside the move lock: a listener may flush again
             self._uncompacted += 1
             self._after_write()
-            for listener in self.visible_listeners:
+            for listener in self._visible_listeners:
                 try:
                     listener()
                 except Exception:  # a listener's failure never fails the move
                     log.exception("a listener of moved batches failed")
+
+    def add_visible_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on the mover's thread after it made staged batches visible."""
+        self._visible_listeners.append(listener)
+
+    @staticmethod
+    def _staged_tables(rows: Sequence[tuple[Any, ...]]) -> list[tuple[int, str, str]]:
+        """``(generation, kind, qualified name)`` of the staging tables, oldest first.
+
+        Args:
+            rows: The rows of :data:`_STAGED_TABLES`.
+        """
+        found = []
+        for (name,) in rows:
+            kind, _, g = name[len(_STAGED_PREFIX) :].rpartition("_")
+            if kind in ("transactions", "alerts") and g.isdigit():
+                found.append((int(g), kind, f"{_STAGING_DB}.{name}"))
+        return sorted(found)
 
     def _move_generations(self, gen: int) -> bool:
         """Move the staged tables of generations up to ``gen``; True if rows were written."""
@@ -681,16 +693,8 @@ class DuckDBStore(SqlStore):
         moved = False
         raw_sql = self._raw_sql  # before the transaction's snapshot (see _newest_stored_ts)
         with self._writing("moving staged batches into") as ex:
-            found: list[tuple[int, str, str]] = []
-            for (name,) in ex(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
-                "AND starts_with(table_name, ?)",
-                [_STAGING_DB, _STAGED_PREFIX],
-            ):
-                kind, _, g = name[len(_STAGED_PREFIX) :].rpartition("_")
-                if kind in ("transactions", "alerts") and g.isdigit() and int(g) <= gen:
-                    found.append((int(g), kind, f"{_STAGING_DB}.{name}"))
-            found.sort()  # oldest generation first: the first copy of a replay wins
+            # Oldest generation first: the first copy of a replay wins.
+            found = [t for t in self._staged_tables(ex(_STAGED_TABLES)) if t[0] <= gen]
             tables = {}
             for kind in ("transactions", "alerts"):
                 names = [t for _, k, t in found if k == kind]
@@ -1081,6 +1085,11 @@ _STAGING_DB = "txfast_staging"
 
 _STAGED_PREFIX = "staged_"
 """Staging tables of deferred small batches: ``staged_{transactions,alerts}_{generation}``."""
+
+_STAGED_TABLES = (
+    f"SELECT table_name FROM duckdb_tables() WHERE database_name = '{_STAGING_DB}' "
+    f"AND starts_with(table_name, '{_STAGED_PREFIX}')"
+)
 
 _STAGING_WAL_BYTES = 16 << 20
 """The staging database is checkpointed when its write-ahead log reaches this size."""
