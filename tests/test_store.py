@@ -1,4 +1,4 @@
-"""The stores (DuckDB and PostgreSQL): schema, one transaction per batch, idempotency,
+"""The stores (DuckDB and PostgreSQL): schema, one transaction per (small) batch, idempotency,
 history modes, concurrent use. Every test runs against both backends."""
 
 from __future__ import annotations

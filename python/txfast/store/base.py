@@ -486,10 +486,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def write_batch(self, batch: ScoredBatch, *, history: str = "all") -> None:
-        """Write one batch atomically (one transaction). Called once per pipeline batch.
+        """Write one batch, idempotently by transaction id. Called once per pipeline batch.
 
         The batch is durable when this returns; a store may make it visible to readers a
-        little later (DuckDB's ``defer_ms``; see :meth:`flush_deferred`).
+        little later (DuckDB's ``defer_ms``; see :meth:`flush_deferred`). A batch is one
+        transaction, except on DuckDB a large batch (2,048 transactions or more, model versions
+        seen before), whose transactions and alerts are committed by two transactions at once.
+        Each counts exactly the rows it inserted in the statistics: when one fails, this
+        raises, and writing the batch again (the pipeline's retry, or the replay that follows
+        a crash) stores what is missing and nothing twice.
 
         Args:
             batch: The batch.

@@ -2,8 +2,11 @@
 
 Full writes are serialised by a lock on one connection (staged small batches have their own,
 see below); reads run on a cursor per thread (DuckDB
-connections to the same database), so the API can read while the scorer writes, and a
-reader sees whole batches only. The statistics deltas are folded into their rollups on a
+connections to the same database), so the API can read while the scorer writes. A batch is
+written in one transaction, so a reader sees whole batches, except a large batch of known
+model versions: its transactions and its alerts are committed by two transactions at once,
+on two connections and threads, each idempotent on its own
+(:meth:`DuckDBStore._write_split`). The statistics deltas are folded into their rollups on a
 connection of their own, in a background thread (:meth:`DuckDBStore._fold_later`).
 
 The transaction history has no primary-key index (schema v2): an ART index over millions of
@@ -32,6 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -317,6 +321,9 @@ class DuckDBStore(SqlStore):
         """Batches until each rollup's deltas are folded."""
         self._fold_lock = threading.Lock()
         self._fold_con: duckdb.DuckDBPyConnection | None = None
+        self._alert_con: duckdb.DuckDBPyConnection | None = None
+        """The alert half's connection of batches written in two transactions (_write_split)."""
+        self._alert_pool: ThreadPoolExecutor | None = None
         self._statements: dict[str, duckdb.Statement] = {}
         self._newest_ts: int | None = None
         """Upper bound of the stored transactions' ``ts`` (µs since the epoch; None: unknown)."""
@@ -356,6 +363,8 @@ class DuckDBStore(SqlStore):
                 # batch runs on the write connection.
                 self._fold_con = self._con.cursor()
                 self._fold_con.execute(f"USE {_DB}")
+                self._alert_con = self._con.cursor()
+                self._alert_con.execute(f"USE {_DB}")
                 self._attach_staging(path)
                 # Batches a crash left staged (durable, not moved yet) go where they belong.
                 try:
@@ -462,28 +471,33 @@ class DuckDBStore(SqlStore):
 
     @contextmanager
     def _writing(self, what: str = "writing to") -> Iterator[Executor]:
+        """A write transaction on the write connection, under the write lock."""
         if self.read_only:
             raise StoreError(f"store {self.url} is open read-only")
-        with self._lock:
-            con = self._con
+        with self._lock, self._transaction(self._con, what) as ex:
+            yield ex
 
-            def ex(sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-                cur = con.execute(sql, list(params or []))
-                return cur.fetchall() if cur.description is not None else []
+    @contextmanager
+    def _transaction(self, con: duckdb.DuckDBPyConnection, what: str) -> Iterator[Executor]:
+        """A transaction on ``con``: committed, or rolled back on any error (re-raised)."""
 
-            con.execute("BEGIN")
-            try:
-                yield ex
-                con.execute("COMMIT")
-            except _AlertReplayed:
-                con.execute("ROLLBACK")
-                raise
-            except duckdb.Error as e:
-                con.execute("ROLLBACK")
-                raise StoreError(f"{what} {self.url} failed: {e}") from e
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        def ex(sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+            cur = con.execute(sql, list(params or []))
+            return cur.fetchall() if cur.description is not None else []
+
+        con.execute("BEGIN")
+        try:
+            yield ex
+            con.execute("COMMIT")
+        except _AlertReplayed:
+            con.execute("ROLLBACK")
+            raise
+        except duckdb.Error as e:
+            _rollback(con)
+            raise StoreError(f"{what} {self.url} failed: {e}") from e
+        except BaseException:
+            _rollback(con)
+            raise
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -814,8 +828,21 @@ class DuckDBStore(SqlStore):
         Alerts are appended without a conflict check (their primary key still refuses a
         duplicate) unless ``careful`` or some of the batch's transactions were stored
         before; the conflict check costs more than the whole append.
+
+        A large batch of known model versions is written in two transactions at once (see
+        :meth:`_write_split`); any other in one.
         """
         raw_sql = self._raw_sql
+        if (
+            not careful
+            and tx is not None
+            and alerts is not None
+            and tx.num_rows >= _SPLIT_ROWS
+            and self._alert_con is not None
+            and model_versions_of(tx, alerts) <= self._seen_versions
+        ):
+            self._write_split(batch, tx, alerts, raw_sql)
+            return set()
         with self._writing("writing a batch to") as ex:
             return self._write_in(ex, batch, tx, alerts, careful=careful, raw_sql=raw_sql)
 
@@ -833,55 +860,133 @@ class DuckDBStore(SqlStore):
 
         ``raw_sql`` is :attr:`_raw_sql` as read before the transaction began.
         """
-        new_tx = None
-        if tx is not None:
-            stored = []
-            bounds = _ts_bounds_us(tx["ts"])
-            newest = self._newest_stored_ts(raw_sql) if bounds is not None else None
-            if bounds is None or newest is None or bounds[0] <= newest:
-                stored = self._run(_STORED_IDS, tx).fetchall()
-            careful = careful or bool(stored)
-            new_tx = without_ids(tx, [r[0] for r in stored]) if stored else tx
-            if new_tx.num_rows:
-                self._run("INSERT INTO transactions BY NAME SELECT * FROM txfast_rows", new_tx)
-                # Raised before the commit: a rollback leaves it higher than needed.
-                upper = bounds if new_tx is tx else _ts_bounds_us(new_tx["ts"])
-                self._keep_newest_ts(
-                    None if upper is None or newest is None else max(newest, upper[1]),
-                    raw_sql,
-                )
+        con = self._con
+        new_tx, stored = self._insert_transactions(con, tx, raw_sql)
         new_alerts = None
         if alerts is not None:
-            if careful:
-                new_alerts = self._run(
-                    "INSERT INTO alerts BY NAME SELECT * FROM txfast_rows "
-                    "ON CONFLICT DO NOTHING RETURNING ts, country, merchant_id, "
-                    "risk_level, model_version",
-                    alerts,
-                    arrow=True,
-                )
-            else:
-                try:
-                    self._run("INSERT INTO alerts BY NAME SELECT * FROM txfast_rows", alerts)
-                except duckdb.ConstraintException as e:
-                    raise _AlertReplayed from e
-                new_alerts = alerts
-        increments = rollup_rows(new_tx, new_alerts)
-        if increments is not None and increments.num_rows <= _UNGROUPED_ROLLUP_ROWS:
-            for table in ROLLUPS:
-                self._run(_DELTA_INSERT[table], increments)
-        elif increments is not None:
-            for table, rows in group_rollups(increments).items():
-                self._run(_DELTA_INSERT[table], rows)
+            new_alerts = self._insert_alerts(con, alerts, careful=careful or stored)
+        self._insert_increments(con, _increments(new_tx, new_alerts))
         if batch.dead_letters:
-            self._run(
-                "INSERT INTO dead_letters BY NAME SELECT * FROM txfast_rows ON CONFLICT DO NOTHING",
-                _dead_letters(batch),
-            )
+            self._run(_DEAD_LETTER_INSERT, _dead_letters(batch), con=con)
         return self._record_versions(ex, batch, model_versions_of(new_tx, new_alerts))
 
-    def _run(self, sql: str, txfast_rows: pa.Table, *, arrow: bool = False) -> Any:
-        """Execute ``sql`` on the write connection; it reads the Arrow table ``txfast_rows``.
+    def _write_split(
+        self, batch: ScoredBatch, tx: pa.Table, alerts: pa.Table, raw_sql: int
+    ) -> None:
+        """A large batch in two transactions at once, on two connections and two threads.
+
+        The transactions with their statistics on the write connection; the alerts with
+        theirs and the dead letters on the alert connection, in a worker thread (DuckDB
+        runs both without the GIL, on the two cores): the alerts' statements and commit, a
+        fifth of a 8192-row batch's write, cost no time. Each transaction counts in the
+        statistics exactly the rows it inserted, so each is idempotent on its own: when one
+        fails, the error is raised after the other ended, and writing the batch again (as
+        the pipeline does, or a replay) stores what is missing and nothing twice. Readers
+        may see one half a moment before the other. New model versions are recorded by the
+        one-transaction path (:meth:`_write`), which such a batch takes.
+        """
+        pool = self._alert_pool
+        if pool is None:
+            pool = self._alert_pool = ThreadPoolExecutor(1, thread_name_prefix="txfast-alerts")
+        with self._lock:
+            # The worker first counts the transactions (the usual batch, none stored before,
+            # inserts them all), then writes the alerts.
+            counted = pool.submit(_increments, tx, None)
+            half = pool.submit(self._write_alert_half, batch, alerts)
+            try:
+                with self._transaction(self._con, "writing a batch's transactions to"):
+                    new_tx, _ = self._insert_transactions(self._con, tx, raw_sql)
+                    increments = counted.result() if new_tx is tx else _increments(new_tx, None)
+                    self._insert_increments(self._con, increments)
+            finally:
+                counted.exception()
+                error = half.exception()  # the other half ends before anything else runs
+            if error is not None:
+                raise error
+
+    def _write_alert_half(self, batch: ScoredBatch, alerts: pa.Table) -> None:
+        """:meth:`_write_split`'s alerts, statistics and dead letters (alert connection)."""
+        con = self._alert_con
+        assert con is not None
+        for careful in (False, True):
+            try:
+                with self._transaction(con, "writing a batch's alerts to"):
+                    new_alerts = self._insert_alerts(con, alerts, careful=careful)
+                    self._insert_increments(con, _increments(None, new_alerts))
+                    if batch.dead_letters:
+                        self._run(_DEAD_LETTER_INSERT, _dead_letters(batch), con=con)
+                return
+            except _AlertReplayed:  # some were stored before: the careful way
+                continue
+
+    def _insert_transactions(
+        self, con: duckdb.DuckDBPyConnection, tx: pa.Table | None, raw_sql: int
+    ) -> tuple[pa.Table | None, bool]:
+        """Append the rows of ``tx`` not stored before, in ``con``'s open transaction.
+
+        Returns:
+            The rows inserted, and whether some were stored before.
+        """
+        if tx is None:
+            return None, False
+        stored = []
+        bounds = _ts_bounds_us(tx["ts"])
+        newest = self._newest_stored_ts(raw_sql, con) if bounds is not None else None
+        if bounds is None or newest is None or bounds[0] <= newest:
+            stored = self._run(_STORED_IDS, tx, con=con).fetchall()
+        new_tx = without_ids(tx, [r[0] for r in stored]) if stored else tx
+        if new_tx.num_rows:
+            self._run("INSERT INTO transactions BY NAME SELECT * FROM txfast_rows", new_tx, con=con)
+            # Raised before the commit: a rollback leaves it higher than needed.
+            upper = bounds if new_tx is tx else _ts_bounds_us(new_tx["ts"])
+            self._keep_newest_ts(
+                None if upper is None or newest is None else max(newest, upper[1]),
+                raw_sql,
+            )
+        return new_tx, bool(stored)
+
+    def _insert_alerts(
+        self, con: duckdb.DuckDBPyConnection, alerts: pa.Table, *, careful: bool
+    ) -> pa.Table:
+        """Append the alerts not stored before (``careful``: checked; else all, or raise).
+
+        Returns:
+            The alerts inserted (their rollup columns when ``careful``).
+
+        Raises:
+            _AlertReplayed: Not ``careful``, and an alert was stored before.
+        """
+        if careful:
+            return self._run(
+                "INSERT INTO alerts BY NAME SELECT * FROM txfast_rows "
+                "ON CONFLICT DO NOTHING RETURNING ts, country, merchant_id, "
+                "risk_level, model_version",
+                alerts,
+                arrow=True,
+                con=con,
+            )
+        try:
+            self._run("INSERT INTO alerts BY NAME SELECT * FROM txfast_rows", alerts, con=con)
+        except duckdb.ConstraintException as e:
+            raise _AlertReplayed from e
+        return alerts
+
+    def _insert_increments(
+        self, con: duckdb.DuckDBPyConnection, increments: dict[str, pa.Table]
+    ) -> None:
+        """Append statistics increments (see :func:`_increments`) to the rollups' deltas."""
+        for table, rows in increments.items():
+            self._run(_DELTA_INSERT[table], rows, con=con)
+
+    def _run(
+        self,
+        sql: str,
+        txfast_rows: pa.Table,
+        *,
+        arrow: bool = False,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> Any:
+        """Execute ``sql`` on ``con`` (default: the write connection); it reads ``txfast_rows``.
 
         DuckDB finds the argument among this frame's variables (a replacement scan), so no
         view is registered for it: registering a table cost as much as a small query. Each
@@ -890,14 +995,15 @@ class DuckDBStore(SqlStore):
         Returns:
             The connection (its pending result), or the result as an Arrow table if ``arrow``.
         """
+        con = self._con if con is None else con
         if arrow:
-            return self._con.sql(sql).to_arrow_table()
+            return con.sql(sql).to_arrow_table()
         statement = self._statements.get(sql)
         if statement is None:
             statement = self._statements[sql] = self._con.extract_statements(sql)[0]
-        return self._con.execute(statement)
+        return con.execute(statement)
 
-    def _newest_stored_ts(self, raw_sql: int) -> int | None:
+    def _newest_stored_ts(self, raw_sql: int, con: duckdb.DuckDBPyConnection) -> int | None:
         """An upper bound of the stored transactions' ``ts`` (µs), in the write transaction.
 
         A row of a batch newer than it cannot be stored already (a stored row has the same
@@ -909,10 +1015,11 @@ class DuckDBStore(SqlStore):
 
         Args:
             raw_sql: :attr:`_raw_sql` when the write began.
+            con: The connection of the write transaction.
         """
         newest = self._newest_ts
         if newest is None:
-            (value,) = self._con.execute("SELECT max(ts) FROM transactions").fetchall()[0]
+            (value,) = con.execute("SELECT max(ts) FROM transactions").fetchall()[0]
             newest = _MIN_US if value is None else _us(value)
             self._keep_newest_ts(newest, raw_sql)
         return newest
@@ -1059,11 +1166,14 @@ class DuckDBStore(SqlStore):
                     self._staging_con.close()
                 except duckdb.Error:
                     pass
-            if self._fold_con is not None:
-                try:
-                    self._fold_con.close()
-                except duckdb.Error:
-                    pass
+            if self._alert_pool is not None:
+                self._alert_pool.shutdown()
+            for con in (self._fold_con, self._alert_con):
+                if con is not None:
+                    try:
+                        con.close()
+                    except duckdb.Error:
+                        pass
             with self._cursors_lock:
                 for cur in self._cursors:
                     try:
@@ -1105,6 +1215,15 @@ _STORED_IDS = (
     "ON t.ts = b.ts AND t.transaction_id = b.transaction_id"
 )
 """The ids of a batch stored before (DuckDB pushes the batch's ``ts`` into the scan)."""
+
+_DEAD_LETTER_INSERT = (
+    "INSERT INTO dead_letters BY NAME SELECT * FROM txfast_rows ON CONFLICT DO NOTHING"
+)
+
+_SPLIT_ROWS = 2048
+"""Batches of at least this many transactions are written in two transactions at once
+(:meth:`DuckDBStore._write_split`); below, handing half a batch to a thread is not worth it.
+"""
 
 _DELTA_INSERT = {
     table: f"INSERT INTO {table}_delta ({rollup_columns(table)}) "
@@ -1156,6 +1275,27 @@ class _AlertReplayed(Exception):
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _increments(new_tx: pa.Table | None, new_alerts: pa.Table | None) -> dict[str, pa.Table]:
+    """Rollup table → the statistics increments of the rows a write inserted.
+
+    A few rows go ungrouped, the same table to each rollup (see ``_UNGROUPED_ROLLUP_ROWS``).
+    """
+    rows = rollup_rows(new_tx, new_alerts)
+    if rows is None:
+        return {}
+    if rows.num_rows <= _UNGROUPED_ROLLUP_ROWS:
+        return dict.fromkeys(ROLLUPS, rows)
+    return group_rollups(rows)
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction; a failed ``COMMIT`` has ended it already."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def _sql_string(value: str) -> str:
