@@ -251,6 +251,52 @@ def test_stream_equals_in_memory_run(kafka_broker, events, registry, tmp_path):
     assert 0 < latency <= stats.consumed // 8 + stats.batches
 
 
+def test_a_batch_decided_while_a_failed_one_was_awaited_is_not_published(
+    kafka_broker, events, registry, tmp_path, monkeypatch
+):
+    """A transaction whose outcome is unknown (committed here, reported failed) restarts every
+    partition from its checkpoint; the batch that waited for it (back-pressure) was decided
+    from the state before and must not be published: the restart publishes its events."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from txfast.streaming import KafkaScorer
+
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    create_topics(
+        kafka_broker.bootstrap, {topic: PARTITIONS, f"{topic}-alerts": 1, f"{topic}-dlq": 1}
+    )
+    load_topic(kafka_broker.bootstrap, topic, events)
+    expected, expected_rejects = expected_run(events, registry, tmp_path)
+    settings = kafka_settings(
+        tmp_path, registry, kafka_broker.bootstrap, topic, f"g-{topic}", max_in_flight=1
+    )
+    waiting = []  # set while _submit waits for the batch before its own
+    injected = []
+    submit, transaction = KafkaScorer._submit, KafkaScorer._transaction
+
+    def waiting_submit(self, item):
+        waiting.append(True)
+        try:
+            submit(self, item)
+        finally:
+            waiting.pop()
+
+    def flaky_transaction(self, item):
+        transaction(self, item)  # committed...
+        if waiting and len(injected) < 2 and self.stats.batches >= 3:
+            injected.append(self.stats.batches)  # ...but reported as an unknown outcome
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected: outcome unknown"))
+
+    monkeypatch.setattr(KafkaScorer, "_submit", waiting_submit)
+    monkeypatch.setattr(KafkaScorer, "_transaction", flaky_transaction)
+    scorer = KafkaScorer(settings)
+    stats = scorer.run(idle_timeout_s=5)
+    assert len(injected) == 2 and stats.recoveries == 2, (injected, stats.as_dict())
+    check_outputs(
+        kafka_broker.bootstrap, topic, [tmp_path / "0.duckdb"], expected, expected_rejects
+    )
+
+
 def run_cli(
     settings_path: Path, log: Path, instance: str = "0", idle_exit: float = 6.0
 ) -> subprocess.Popen:
@@ -361,12 +407,6 @@ def test_two_processes_split_the_load_and_survive_losing_one(
     check_outputs(kafka_broker.bootstrap, topic, stores, expected, expected_rejects)
 
 
-@pytest.mark.xfail(
-    reason="known gap: when a broker restart times out a transaction's messages (an abortable "
-    "error with an epoch bump) and the abort then fails, a few alerts can be published twice; "
-    "nothing is lost, and the store stays exact (idempotent)",
-    strict=False,
-)
 def test_broker_restart_mid_run_loses_and_doubles_nothing(kafka_broker, events, registry, tmp_path):
     topic = f"tx-{uuid.uuid4().hex[:8]}"
     create_topics(

@@ -426,9 +426,18 @@ class KafkaScorer:
     # to consume() or inside the rebalance callbacks: a transaction never races a rebalance.
 
     def _submit(self, item: _Pending) -> None:
-        """Start the store write of a decided batch; waits while ``max_in_flight`` are."""
+        """Start the store write of a decided batch; waits while ``max_in_flight`` are.
+
+        If a batch it waits for fails, every partition restarts from its checkpoint
+        (:meth:`_fail`) and ``item``, decided from the state before, is dropped: its events
+        are consumed again after the seek. Published by the new producer, it would have
+        advanced the committed offsets past events the restart then publishes again.
+        """
+        recoveries = self.stats.recoveries
         while len(self._in_flight) >= max(1, self.k.max_in_flight):
             self._complete(wait=True, limit=1)  # back-pressure: a slow or absent store
+            if self.stats.recoveries != recoveries:
+                return
         future = self._writer.submit(self._store, item)
         self._in_flight.append((future, item))
 
