@@ -435,7 +435,7 @@ def measure(
     """The API under load beside a live scorer (see the module docstring)."""
     from datetime import date, timedelta
 
-    from txfast.api import ApiServer, create_app
+    from txfast.api import ApiServer, create_app, yield_cpu_to_api
     from txfast.config import load_settings
     from txfast.pipeline import Pipeline
     from txfast.sources import FileSource, SimulatedSource
@@ -487,6 +487,7 @@ def measure(
 
     def score() -> None:
         scorer_tid.append(threading.get_native_id())
+        yield_cpu_to_api(settings.pipeline.api_nice)  # as `txfast run --api` does
         try:
             pipeline.run(batches(), source=source.name)
         except BaseException as e:  # reported after the run

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,6 +27,51 @@ def _get(url: str, token: str) -> dict:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+def _thread_nice(pid: int) -> dict[int, int]:
+    """Each thread of a process and its nice value (Linux: /proc/PID/task/TID/stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rpartition(")")[2].split()
+        out[int(task.name)] = int(fields[16])  # field 19 of stat(5), the 17th after comm
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_yield_cpu_to_api_lowers_the_calling_thread_and_those_it_starts() -> None:
+    from txfast.api import yield_cpu_to_api
+
+    seen: dict[str, int | None] = {}
+
+    def scorer() -> None:
+        seen["returned"] = yield_cpu_to_api(4)
+        worker = threading.Thread(target=lambda: seen.update(worker=os.nice(0)))
+        worker.start()
+        worker.join()
+        seen["scorer"] = os.nice(0)
+        seen["zero"] = yield_cpu_to_api(0)
+
+    before = os.nice(0)
+    t = threading.Thread(target=scorer)
+    t.start()
+    t.join()
+    assert seen == {
+        "returned": before + 4,
+        "worker": before + 4,
+        "scorer": before + 4,
+        "zero": None,
+    }
+    assert os.nice(0) == before, "other threads keep their priority"
+
+
+def test_api_nice_is_validated() -> None:
+    from txfast.config import load_settings
+    from txfast.exceptions import ConfigError
+
+    assert load_settings(env={}).pipeline.api_nice == 10
+    with pytest.raises(ConfigError, match="api_nice"):
+        load_settings(env={}, overrides={"pipeline": {"api_nice": 20}})
 
 
 @pytest.mark.parametrize(
@@ -111,6 +157,10 @@ def test_run_serves_the_api_while_scoring_and_after(
         assert scored and float(scored.group(1)) > 0, "and the scorer's, in the same process"
         stats = _get(f"{base}/stats?days=3650", token)
         assert stats["runtime"]["events"] > 0, "the scorer's own figures"
+        if sys.platform.startswith("linux"):  # the scorer's thread yields the CPU to the API's
+            nice = _thread_nice(proc.pid)
+            assert nice[proc.pid] == 10, nice
+            assert 0 in nice.values(), nice
         proc.send_signal(stop)
         try:
             assert proc.wait(timeout=30) == 0

@@ -865,6 +865,7 @@ def run(
         None if pipeline.metrics is None else pipeline.metrics.registry,
     )
     _start_metrics(metrics_addr, pipeline)
+    _yield_to_api(settings, server)
     _freeze_startup_objects()
     try:
         summary = pipeline.run(
@@ -934,6 +935,21 @@ def _start_api(
     server = ApiServer(app, host.strip("[]") or "127.0.0.1", int(port)).start()
     click.echo(f"alerts API on {server.url}", err=True)
     return server
+
+
+def _yield_to_api(settings: Settings, server: Any) -> None:
+    """With an API served beside it, this thread (the scorer's, from now on) runs nicer.
+
+    Called once the API's and the metrics' servers started: their threads keep their
+    priority (see :func:`txfast.api.yield_cpu_to_api` and ``[pipeline] api_nice``).
+    """
+    if server is None:
+        return
+    from txfast.api import yield_cpu_to_api
+
+    nice = yield_cpu_to_api(settings.pipeline.api_nice)
+    if nice is not None:
+        click.echo(f"scorer at nice {nice}, below the API ([pipeline] api_nice)", err=True)
 
 
 def _freeze_startup_objects() -> None:
@@ -1006,6 +1022,7 @@ def _run_kafka(
         None if metrics is None else metrics.registry,
     )
     _start_metrics(metrics_addr, scorer.pipeline)
+    _yield_to_api(settings, server)
     _freeze_startup_objects()
     try:
         stats = scorer.run(max_messages=max_events, idle_timeout_s=idle_exit)

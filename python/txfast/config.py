@@ -113,6 +113,9 @@ class PipelineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # DuckDB store: small batches are staged durably and written in full with the others of
     # the last this many ms (DuckDBStore defer_ms; alerts visible that much later). 0: off.
     store_defer_ms: int = 100
+    # With `txfast run --api`: the scorer's threads run this much nicer (lower CPU priority)
+    # than the API's, so that an analyst's request does not queue behind a batch. 0: equal.
+    api_nice: int = 10
     log_every: str = "10s"  # how often the batch summary is logged (txfast.logs)
 
 
@@ -363,6 +366,8 @@ def load_settings(
 def _check(s: Settings) -> None:
     if s.pipeline.batch_size <= 0:
         raise ConfigError("pipeline.batch_size must be positive")
+    if not 0 <= s.pipeline.api_nice <= 19:
+        raise ConfigError("pipeline.api_nice must be between 0 and 19")
     if s.pipeline.history_batch_size <= 0:
         raise ConfigError("pipeline.history_batch_size must be positive")
     if s.pipeline.history not in ("all", "alerts", "none"):

@@ -6,6 +6,6 @@ section for the endpoints.
 
 from txfast.api.app import create_app
 from txfast.api.context import ApiContext, RuntimeStats
-from txfast.api.server import ApiServer
+from txfast.api.server import ApiServer, yield_cpu_to_api
 
-__all__ = ["ApiContext", "ApiServer", "RuntimeStats", "create_app"]
+__all__ = ["ApiContext", "ApiServer", "RuntimeStats", "create_app", "yield_cpu_to_api"]

@@ -12,7 +12,10 @@ store) and for tests::
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -21,7 +24,34 @@ import uvicorn
 
 from txfast.exceptions import ConfigError
 
-__all__ = ["ApiServer"]
+__all__ = ["ApiServer", "yield_cpu_to_api"]
+
+log = logging.getLogger(__name__)
+
+
+def yield_cpu_to_api(nice: int) -> int | None:
+    """Lower the calling thread's CPU priority by ``nice`` (the scorer's, beside an API).
+
+    On Linux a nice value belongs to a thread, and threads inherit it from the thread that
+    starts them: called by the scorer's thread after the API's server started, it lowers the
+    scorer and the worker threads it starts later (store writes, statistics folds), not the
+    API's event loop and its workers, nor the threads started before (Kafka clients, ONNX
+    Runtime). On two busy cores a request then waits for the next time slice rather than for
+    a scorer batch to end; the scorer still gets every idle cycle.
+
+    Returns:
+        The thread's new nice value, or None where nothing changed (0, not Linux, refused).
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        new = min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+        os.setpriority(os.PRIO_PROCESS, tid, new)
+    except OSError as e:  # e.g. a seccomp sandbox
+        log.warning("could not lower the scorer's CPU priority: %s", e)
+        return None
+    return new
 
 
 class ApiServer:
