@@ -1000,7 +1000,7 @@ class DuckDBStore(SqlStore):
             return con.sql(sql).to_arrow_table()
         statement = self._statements.get(sql)
         if statement is None:
-            statement = self._statements[sql] = self._con.extract_statements(sql)[0]
+            statement = self._statements[sql] = con.extract_statements(sql)[0]
         return con.execute(statement)
 
     def _newest_stored_ts(self, raw_sql: int, con: duckdb.DuckDBPyConnection) -> int | None:
