@@ -603,17 +603,9 @@ class DuckDBStore(SqlStore):
                     self._staged_schemas[table] = txfast_rows.schema
                 elif not known.equals(txfast_rows.schema):
                     return False  # another shape (a shadow model's columns): in full
-            try:
-                con.execute("BEGIN")
+            with self._transaction(con, "staging a batch in"):
                 for txfast_rows, table in parts:  # noqa: B007 - read by DuckDB by name
                     con.execute(f"INSERT INTO {table} SELECT * FROM txfast_rows")
-                con.execute("COMMIT")
-            except duckdb.Error as e:
-                try:
-                    con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
-                raise StoreError(f"staging a batch in {self.url} failed: {e}") from e
             self._staged_rows += rows
             if self._mover is None or not self._mover.is_alive():
                 self._mover = threading.Thread(
@@ -1067,10 +1059,7 @@ class DuckDBStore(SqlStore):
                         con.execute(f"DELETE FROM {table}_delta")
                     con.execute("COMMIT")
                 except BaseException:
-                    try:
-                        con.execute("ROLLBACK")
-                    except duckdb.Error:  # a failed COMMIT ended the transaction already
-                        pass
+                    _rollback(con)
                     raise
             except duckdb.Error as e:
                 raise StoreError(f"compacting the statistics of {self.url} failed: {e}") from e
